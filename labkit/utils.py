@@ -1,0 +1,252 @@
+"""Shared plumbing: seeding, devices, the data/cache folders, atomic files, hashing, checks, progress.
+
+Everything here is small and has no side effects at import.
+
+Example:
+    >>> from labkit import utils
+    >>> utils.seed(0)
+    >>> utils.check_choice("split", "train", ("train", "val", "test"))
+    'train'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+__all__ = [
+    "seed",
+    "get_device",
+    "data_dir",
+    "cache_dir",
+    "atomic_write_bytes",
+    "atomic_torch_save",
+    "sha256_bytes",
+    "sha256_file",
+    "stable_hash",
+    "check_choice",
+    "check_int",
+    "check_fraction",
+    "is_ci",
+    "progress_enabled",
+    "progress",
+]
+
+
+# --------------------------------------------------------------------------- seeding, devices
+
+
+def seed(value: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA if present); return a seeded torch.Generator.
+
+    Example: ``g = labkit.seed(0)``
+    """
+    value = check_int("seed", value, minimum=0)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+    return torch.Generator().manual_seed(value)
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to use: the one asked for, else CUDA when present, else CPU. Never requires CUDA.
+
+    Example: ``get_device()  # device(type='cpu') on a laptop``
+    """
+    if device is None:
+        if os.environ.get("LABKIT_DEVICE"):
+            device = os.environ["LABKIT_DEVICE"]
+        else:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device must be 'cpu' on this machine (no CUDA available); got 'cuda'")
+    return dev
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def data_dir() -> Path:
+    """Folder for optional datasets and the cache: ``$LABKIT_DATA``, else the repo's ``data/``.
+
+    Falls back to ``~/.cache/labkit`` when labkit is installed outside the repository.
+    """
+    env = os.environ.get("LABKIT_DATA")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        repo_data = Path(__file__).resolve().parent.parent / "data"
+        path = repo_data if repo_data.is_dir() else Path.home() / ".cache" / "labkit"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir(*parts: str) -> Path:
+    """A sub-folder of ``data_dir()/cache`` (created), e.g. ``cache_dir("models")``."""
+    path = data_dir().joinpath("cache", *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- atomic files, hashing
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
+
+    A reader never sees a half-written file, even if the writer is killed midway.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
+    """``torch.save`` through :func:`atomic_write_bytes`; returns the SHA-256 of the bytes written."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    atomic_write_bytes(path, payload)
+    return sha256_bytes(payload)
+
+
+def sha256_bytes(payload: bytes) -> str:
+    """Hex SHA-256 of ``payload``."""
+    return hashlib.sha256(payload).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's contents, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short hash of a JSON-able object (dicts sorted), stable across runs and machines.
+
+    Example: ``stable_hash({"lr": 1e-3, "epochs": 5})  # '3f2a...'``
+    """
+    text = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
+    return sha256_bytes(text.encode())[:length]
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        import dataclasses
+
+        return {"__type__": type(obj).__name__, **dataclasses.asdict(obj)}
+    if isinstance(obj, (tuple, set, frozenset)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    raise TypeError(f"cannot hash object of type {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise a one-line ValueError naming both.
+
+    Example: ``check_choice("scope", "global", ("layer", "global"))``
+    """
+    if value not in allowed:
+        shown = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name} must be one of {shown}; got {value!r}")
+    return value
+
+
+def check_int(
+    name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """Return ``value`` if it is an int within [minimum, maximum], else a one-line ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer{_range(minimum, maximum)}; got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer{_range(minimum, maximum)}; got {value!r}")
+    return int(value)
+
+
+def check_fraction(name: str, value: Any, *, inclusive_high: bool = False) -> float:
+    """Return ``value`` if it is a float in [0, 1) (or [0, 1]), else a one-line ValueError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = 0.0 <= value <= 1.0 if inclusive_high else 0.0 <= value < 1.0
+    if not ok:
+        high = "1]" if inclusive_high else "1)"
+        raise ValueError(f"{name} must be a number in [0, {high}; got {value!r}")
+    return float(value)
+
+
+def _range(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
+
+
+# --------------------------------------------------------------------------- progress bars
+
+
+def is_ci() -> bool:
+    """True under continuous integration (``CI`` set to anything but empty/0/false)."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def progress_enabled() -> bool:
+    """Progress bars show unless ``LABKIT_PROGRESS=0`` or under CI (``LABKIT_PROGRESS=1`` forces)."""
+    flag = os.environ.get("LABKIT_PROGRESS", "").lower()
+    if flag in ("0", "false", "no", "off"):
+        return False
+    if flag in ("1", "true", "yes", "on"):
+        return True
+    return not is_ci()
+
+
+def progress(iterable: Iterable[T], **kwargs: Any) -> Iterator[T]:
+    """Wrap ``iterable`` in a tqdm bar written to stderr (quiet under CI or LABKIT_PROGRESS=0).
+
+    Progress goes to stderr so it never lands in stdout outputs that nbval compares.
+    """
+    if not progress_enabled():
+        return iter(iterable)
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("file", sys.stderr)
+    kwargs.setdefault("leave", False)
+    return iter(tqdm(iterable, **kwargs))
