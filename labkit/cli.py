@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from labkit.utils import check_choice
+
 __all__ = ["main", "build_parser", "doctor_checks"]
 
 REQUIRED = (
@@ -50,7 +52,9 @@ def _widget_extension() -> Path | None:
     try:
         from jupyter_core.paths import jupyter_path
 
-        candidates = [Path(p) / "labextensions" / rel.parts[-2] / rel.parts[-1] for p in jupyter_path()]
+        candidates = [
+            Path(p) / "labextensions" / rel.parts[-2] / rel.parts[-1] for p in jupyter_path()
+        ]
     except ImportError:
         candidates = []
     candidates += [Path(p) / rel for p in prefixes]
@@ -83,7 +87,9 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
         (
             "widget extension",
             ext is not None,
-            str(ext) if ext else "jupyterlab_widgets front-end missing: widgets would print "
+            str(ext)
+            if ext
+            else "jupyterlab_widgets front-end missing: widgets would print "
             "as 'interactive(...)' text; pip install jupyterlab_widgets",
         )
     )
@@ -94,9 +100,17 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
         threads = torch.get_num_threads()
         cores = os.cpu_count() or 1
         omp = os.environ.get("OMP_NUM_THREADS", "unset")
-        checks.append(("threads", True, f"torch uses {threads} of {cores} cores (OMP_NUM_THREADS={omp})"))
+        checks.append(
+            ("threads", True, f"torch uses {threads} of {cores} cores (OMP_NUM_THREADS={omp})")
+        )
         cuda = torch.cuda.is_available()
-        checks.append(("accelerator", True, "CUDA available" if cuda else "CPU only (fine: the course runs on CPU)"))
+        checks.append(
+            (
+                "accelerator",
+                True,
+                "CUDA available" if cuda else "CPU only (fine: the course runs on CPU)",
+            )
+        )
     except ImportError:
         pass
 
@@ -117,7 +131,9 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
             (
                 "optional data",
                 True,
-                ", ".join(optional) if optional else "none downloaded (optional; see data/README.md)",
+                ", ".join(optional)
+                if optional
+                else "none downloaded (optional; see data/README.md)",
             )
         )
     except Exception as err:  # noqa: BLE001 - doctor reports, never crashes
@@ -158,8 +174,13 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from labkit import models
 
     start = time.perf_counter()
-    names = args.only or None
-    rows = models.prepare(names=names, progress=None if not args.quiet else False)
+    entries = None
+    if args.only:
+        known = [f"{n}/{d}" for n, d in sorted(models.RECIPES)]
+        for item in args.only:
+            check_choice("only", item, known)
+        entries = [tuple(item.split("/", 1)) for item in args.only]
+    rows = models.prepare(entries, progress=None if not args.quiet else False)
     for row in rows:
         state = "cached" if row.get("cached") else f"trained in {row.get('seconds', 0):.1f} s"
         metrics = row.get("metrics") or {}

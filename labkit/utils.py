@@ -1,4 +1,4 @@
-"""Shared plumbing: seeding, devices, the data/cache folders, atomic files, hashing, checks, progress.
+"""Shared plumbing: seeding, devices, data/cache folders, atomic files, hashing, checks, progress.
 
 Everything here is small and has no side effects at import.
 
@@ -129,7 +129,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
-    """``torch.save`` through :func:`atomic_write_bytes`; returns the SHA-256 of the bytes written."""
+    """``torch.save`` through :func:`atomic_write_bytes`; returns the SHA-256 of the bytes."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     payload = buf.getvalue()
@@ -229,7 +229,7 @@ def is_ci() -> bool:
 
 
 def progress_enabled() -> bool:
-    """Progress bars show unless ``LABKIT_PROGRESS=0`` or under CI (``LABKIT_PROGRESS=1`` forces)."""
+    """Progress bars show unless ``LABKIT_PROGRESS=0`` or under CI; ``LABKIT_PROGRESS=1`` forces."""
     flag = os.environ.get("LABKIT_PROGRESS", "").lower()
     if flag in ("0", "false", "no", "off"):
         return False

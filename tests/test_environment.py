@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -62,7 +62,8 @@ def _readme_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     block = re.search(r"```(?:bash|sh)?\n(.*?)```", text, re.S)
     assert block, "README.md must open with a code block holding the two commands"
-    return [ln.strip() for ln in block.group(1).splitlines() if ln.strip() and not ln.startswith("#")]
+    lines = (ln.split("#", 1)[0].strip() for ln in block.group(1).splitlines())
+    return [ln for ln in lines if ln]  # the commands, without their trailing comments
 
 
 def test_readme_has_two_commands_backed_by_make_targets():

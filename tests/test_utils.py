@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from labkit import utils
+
+
+def test_seed_makes_torch_numpy_python_repeatable():
+    import random
+
+    utils.seed(3)
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    utils.seed(3)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    utils.seed(4)
+    assert not torch.equal(torch.rand(3), a[0])
+
+
+def test_seed_returns_seeded_generator():
+    g1, g2 = utils.seed(1), utils.seed(1)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+
+
+def test_get_device_never_requires_cuda():
+    dev = utils.get_device()
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert utils.get_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device must be 'cpu'"):
+            utils.get_device("cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        utils.get_device("tpu:7")
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "sub" / "f.bin"
+    utils.atomic_write_bytes(path, b"first")
+    utils.atomic_write_bytes(path, b"second")
+    assert path.read_bytes() == b"second"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["f.bin"]
+
+
+def test_atomic_write_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    utils.atomic_write_bytes(path, b"old")
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        utils.atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_atomic_torch_save_hash_matches_file(tmp_path):
+    path = tmp_path / "w.pt"
+    digest = utils.atomic_torch_save({"w": torch.arange(5)}, path)
+    assert digest == utils.sha256_file(path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(5))
+
+
+def test_stable_hash_is_order_independent_and_sensitive():
+    a = utils.stable_hash({"lr": 0.001, "epochs": 5, "hidden": (300, 100)})
+    b = utils.stable_hash({"hidden": [300, 100], "epochs": 5, "lr": 0.001})
+    c = utils.stable_hash({"lr": 0.001, "epochs": 6, "hidden": (300, 100)})
+    assert a == b and a != c and len(a) == 16
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: utils.check_choice("split", "tset", ("train", "test")), "split must be one of"),
+        (lambda: utils.check_int("batch_size", 0, minimum=1), "batch_size must be an integer >= 1"),
+        (lambda: utils.check_int("threads", 2.5, minimum=1), "threads must be an integer"),
+        (lambda: utils.check_int("seed", True), "seed must be an integer"),
+        (lambda: utils.check_fraction("amount", 1.0), r"amount must be a number in \[0, 1\)"),
+        (lambda: utils.check_fraction("amount", -0.1), "amount must be"),
+        (lambda: utils.seed(-1), "seed must be an integer >= 0"),
+    ],
+)
+def test_checks_give_one_line_errors(call, match):
+    with pytest.raises(ValueError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_checks_return_valid_values():
+    assert utils.check_choice("scope", "global", ("layer", "global")) == "global"
+    assert utils.check_int("n", 3, minimum=1, maximum=3) == 3
+    assert utils.check_fraction("amount", 1.0, inclusive_high=True) == 1.0
+
+
+def test_progress_quiet_under_ci(monkeypatch, capsys):
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.delenv("LABKIT_PROGRESS", raising=False)
+    assert not utils.progress_enabled()
+    assert list(utils.progress(range(3), desc="x")) == [0, 1, 2]
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    monkeypatch.setenv("LABKIT_PROGRESS", "1")
+    assert utils.progress_enabled()
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("LABKIT_PROGRESS", "0")
+    assert not utils.progress_enabled()
+
+
+def test_data_dir_honours_env(tmp_data):
+    assert utils.data_dir() == tmp_data
+    assert utils.cache_dir("models") == tmp_data / "cache" / "models"
+    assert (tmp_data / "cache" / "models").is_dir()
