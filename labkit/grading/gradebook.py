@@ -1,0 +1,258 @@
+"""``labkit grade``: find the submissions, grade them in parallel, write the gradebook and feedback.
+
+Example:
+    >>> rows = grade(["submissions"], ["notebooks"], "gradebook.csv", jobs=2)   # doctest: +SKIP
+    >>> rows[0].total                                                           # doctest: +SKIP
+    6
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from labkit.grading.source import nbgrader_meta
+from labkit.grading.submission import Row, SourceNotebook, grade_notebook, load_sources
+from labkit.utils import atomic_write_bytes, check_int, sha256_file
+
+__all__ = ["Task", "find_submissions", "grade", "gradebook_csv", "feedback_markdown"]
+
+
+@dataclass
+class Task:
+    """One notebook to grade: who submitted it, which course notebook, where it is (or None)."""
+
+    submission: str
+    source: SourceNotebook | None
+    path: Path | None
+    reason: str = ""
+
+
+def _match(filename: str, sources: list[SourceNotebook]) -> SourceNotebook | None:
+    """The course notebook a file name means: same name, a renamed copy, or the same NN_ prefix."""
+    stem = Path(filename).stem
+    for rule in (
+        lambda s: filename == s.name,
+        lambda s: stem.startswith(s.stem),
+        lambda s: re.match(r"\d\d_", stem) and stem[:3] == s.stem[:3],
+    ):
+        hits = [s for s in sources if rule(s)]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+def _match_by_ids(path: Path, sources: list[SourceNotebook]) -> SourceNotebook | None:
+    """The course notebook sharing the most grade_ids with the file (None if unreadable or none)."""
+    try:
+        cells = json.loads(path.read_text(errors="replace")).get("cells", [])
+        ids = {nbgrader_meta(c).get("grade_id") for c in cells if isinstance(c, dict)}
+    except (ValueError, AttributeError, OSError):
+        return None
+    scored = [(len(ids & set(s.checksums) | ids & set(s.info.solutions)), s) for s in sources]
+    best = max(scored, key=lambda x: x[0], default=(0, None))
+    return best[1] if best[0] > 0 else None
+
+
+def find_submissions(paths: list[str | os.PathLike], sources: list[SourceNotebook]) -> list[Task]:
+    """Pair submissions with course notebooks.
+
+    A folder is one student (name = folder name) and is searched for each course notebook (same
+    file name, else a renamed copy such as ``00_topic-Copy1.ipynb``); a file is matched by name,
+    else by its grade_ids, and named after its stem (or its folder when named like the source).
+
+    Example: ``find_submissions(["submissions/alice", "bob.ipynb"], sources)``
+    """
+    tasks: list[Task] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir() or (not path.exists() and path.suffix != ".ipynb"):
+            files = []
+            if path.is_dir():
+                files = [
+                    p for p in sorted(path.rglob("*.ipynb")) if ".ipynb_checkpoints" not in p.parts
+                ]
+            for src in sources:
+                exact = [p for p in files if p.name == src.name]
+                found = exact[:1] or [p for p in files if _match(p.name, [src]) is src][:1]
+                tasks.append(Task(path.name, src, found[0] if found else None))
+            continue
+        src = _match(path.name, sources)
+        if src is None and len(sources) == 1:
+            src = sources[0]
+        if src is None and path.is_file():
+            src = _match_by_ids(path, sources)
+        named_like_source = src is not None and _match(path.name, [src]) is src
+        name = path.resolve().parent.name if named_like_source else path.stem
+        reason = "" if src else "cannot tell which course notebook this is"
+        tasks.append(Task(name, src, path, reason))
+    seen: dict[tuple[str, str], int] = {}
+    for task in tasks:
+        key = (task.submission, task.source.name if task.source else str(task.path))
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > 1:
+            task.submission = f"{task.submission}-{seen[key]}"
+    return tasks
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.3g}"
+
+
+def _columns(sources: list[SourceNotebook]) -> list[tuple[str, str, str]]:
+    """(column, notebook, grade_id) per graded cell; an id in two notebooks gets a stem/ prefix."""
+    all_ids = [gid for s in sources for gid in s.info.graded]
+    return [
+        (gid if all_ids.count(gid) == 1 else f"{s.stem}/{gid}", s.name, gid)
+        for s in sources
+        for gid in s.info.graded
+    ]
+
+
+def gradebook_csv(rows: list[Row], sources: list[SourceNotebook]) -> str:
+    """The gradebook as CSV text: submission, notebook, one column per test, total, max, ..."""
+    columns = _columns(sources)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    head = ["submission", "notebook", *(c[0] for c in columns)]
+    writer.writerow([*head, "total", "max", "status", "reason", "seconds", "flags"])
+    for row in sorted(rows, key=lambda r: (r.submission, r.notebook)):
+        cells = []
+        for _, notebook, gid in columns:
+            test = row.tests.get(gid) if notebook == row.notebook else None
+            cells.append(_fmt(test.earned) if test else "")
+        writer.writerow(
+            [
+                row.submission,
+                row.notebook,
+                *cells,
+                _fmt(row.total),
+                _fmt(row.max_points),
+                row.status,
+                row.reason,
+                f"{row.seconds:.1f}",
+                "; ".join(row.flags),
+            ]
+        )
+    return buf.getvalue()
+
+
+def feedback_markdown(row: Row) -> str:
+    """The feedback a student gets for one notebook: score, each test, why failed ones failed."""
+    lines = [
+        f"# {row.notebook}: feedback for {row.submission}",
+        "",
+        f"Score: **{_fmt(row.total)} / {_fmt(row.max_points)}**"
+        + ("" if row.status == "ok" else f" ({row.status}: {row.reason})"),
+        "",
+        "| test | points | result |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {t.grade_id} | {_fmt(t.earned)} / {_fmt(t.points)} | {t.status} |"
+        for t in row.tests.values()
+    ]
+    failed = [t for t in row.tests.values() if t.status not in ("passed", row.status)]
+    if failed:
+        lines += ["", "## Failed tests", ""]
+        lines += [f"- **{t.grade_id}** ({t.status}): {t.message}" for t in failed]
+    if row.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in row.notes]
+    if row.flags:
+        lines += ["", "## Flagged for the instructor to review (points unchanged)", ""]
+        lines += [f"- {f}" for f in row.flags]
+    return "\n".join(lines) + "\n"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.\-]+", "_", name).strip("._") or "submission"
+
+
+def grade(
+    submissions: list[str | os.PathLike],
+    sources: list[str | os.PathLike],
+    output: str | os.PathLike = "gradebook.csv",
+    *,
+    jobs: int = 1,
+    cell_timeout: float = 120,
+    timeout: float = 600,
+    manifest: str | os.PathLike | None = None,
+    feedback_dir: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> list[Row]:
+    """Grade every submission against the course notebooks; write the CSV and feedback files.
+
+    ``jobs`` notebooks run at once (each in its own pytest + kernel); ``cell_timeout`` and
+    ``timeout`` are seconds per cell and per notebook. Feedback goes to
+    ``feedback_dir/<submission>/<notebook stem>.md`` (default: ``feedback/`` next to the CSV).
+    Bad submissions become rows with 0 points and a reason; bad sources raise NotebookError.
+
+    Example: ``grade(["submissions"], ["notebooks"], "out/gradebook.csv", jobs=2)``
+    """
+    jobs = check_int("jobs", jobs, minimum=1)
+    if cell_timeout <= 0 or timeout <= 0:
+        raise ValueError(f"timeouts must be > 0 seconds; got {cell_timeout}, {timeout}")
+    man = json.loads(Path(manifest).read_text()) if manifest else None
+    srcs = load_sources(list(sources), man)
+    for src in srcs:
+        if not src.info.graded and verbose:
+            print(f"note: {src.name} has no graded cells; not graded", file=sys.stderr)
+    srcs = [src for src in srcs if src.info.graded]
+    if not srcs:
+        raise ValueError("sources must include a notebook with graded cells; got none")
+    if man:
+        for src in srcs:
+            entry = man.get("notebooks", {}).get(src.name)
+            if entry and entry.get("source_sha256") != sha256_file(src.path):
+                print(f"warning: {src.name} changed since it was released", file=sys.stderr)
+    tasks = find_submissions(list(submissions), srcs)
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {k: os.environ.get(k, threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+    def run(task: Task) -> Row:
+        if task.source is None:
+            return Row(task.submission, task.path.name if task.path else "?", "error", task.reason)
+        return grade_notebook(
+            task.source, task.path, submission=task.submission,
+            cell_timeout=cell_timeout, timeout=timeout, env=env,
+        )  # fmt: skip
+
+    start = time.perf_counter()
+    rows: list[Row] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run, task) for task in tasks]
+        for k, future in enumerate(as_completed(futures), 1):
+            row = future.result()
+            rows.append(row)
+            if verbose:
+                print(
+                    f"[{k}/{len(tasks)}] {row.submission} {row.notebook}: "
+                    f"{_fmt(row.total)}/{_fmt(row.max_points)} {row.status} ({row.seconds:.1f} s)",
+                    file=sys.stderr,
+                )
+    wall = time.perf_counter() - start
+    out = Path(output)
+    atomic_write_bytes(out, gradebook_csv(rows, srcs).encode())
+    fb_dir = Path(feedback_dir) if feedback_dir else out.parent / "feedback"
+    for row in rows:
+        stem = Path(row.notebook).stem or "notebook"
+        atomic_write_bytes(
+            fb_dir / _safe(row.submission) / f"{stem}.md", feedback_markdown(row).encode()
+        )
+    if verbose and rows:
+        mean = sum(r.seconds for r in rows) / len(rows)
+        print(
+            f"graded {len(rows)} notebook(s) in {wall:.1f} s with {jobs} job(s): "
+            f"{wall / len(rows):.1f} s each on the wall clock, {mean:.1f} s each to run; "
+            f"gradebook {out}, feedback in {fb_dir}/",
+            file=sys.stderr,
+        )
+    return rows
