@@ -83,7 +83,34 @@ def live(fn: Callable[..., Any], **controls: Any) -> Live:
     return Live(fn, controls)
 
 
-class Explorer(ipywidgets.VBox):
+class _Controls(ipywidgets.VBox):
+    """What both widgets share: ``controls`` (name -> widget) that call ``refresh`` on a change."""
+
+    controls: dict[str, ipywidgets.Widget]
+    _hold = False  # True while ``set`` changes several controls: refresh once, at the end
+
+    def refresh(self) -> None:  # pragma: no cover - both subclasses define it
+        raise NotImplementedError
+
+    def set(self, **values: Any) -> None:
+        """Set several controls, refreshing once: ``w.set(width=64, depth=2)``."""
+        unknown = [k for k in values if k not in self.controls]
+        if unknown:
+            raise ValueError(f"controls are {list(self.controls)}; got {unknown}")
+        self._hold = True
+        try:
+            for key, value in values.items():
+                self.controls[key].value = value
+        finally:
+            self._hold = False
+        self.refresh()
+
+    def _on_change(self, change: Mapping[str, Any]) -> None:
+        if not self._hold:
+            self.refresh()
+
+
+class Explorer(_Controls):
     """The widget ``explore`` returns: ``controls`` (key -> widget), ``image`` (PNG), ``readout``
     (HTML), ``selected`` (the records matching the controls), ``last_seconds`` (the last move)."""
 
@@ -119,7 +146,6 @@ class Explorer(ipywidgets.VBox):
         for rec in records:
             self._index.setdefault(tuple(_freeze(rec[k]) for k in keys), []).append(rec)
         self._pngs: OrderedDict[tuple, bytes] = OrderedDict()
-        self._hold = False
 
         # One figure, drawn once; a move only re-positions the highlight and re-renders.
         self.figure = Figure(figsize=tuple(figsize), dpi=_DPI)
@@ -157,19 +183,6 @@ class Explorer(ipywidgets.VBox):
         """The records matching the current selection (empty when the grid lacks it)."""
         return list(self._index.get(self._key(), []))
 
-    def set(self, **values: Any) -> None:
-        """Set several controls, rendering once: ``w.set(width=64, depth=2)``."""
-        unknown = [k for k in values if k not in self.controls]
-        if unknown:
-            raise ValueError(f"controls are {list(self.controls)}; got {unknown}")
-        self._hold = True
-        try:
-            for key, value in values.items():
-                self.controls[key].value = value
-        finally:
-            self._hold = False
-        self.refresh()
-
     def redraw(self) -> None:
         """Redraw the background after changing ``self.ax`` or ``self.figure`` (e.g. a title)."""
         self._background = self._capture()
@@ -202,12 +215,8 @@ class Explorer(ipywidgets.VBox):
     def _key(self) -> tuple:
         return tuple(_freeze(self.controls[k].value) for k in self._control_keys)
 
-    def _on_change(self, change: Mapping[str, Any]) -> None:
-        if not self._hold:
-            self.refresh()
 
-
-class Live(ipywidgets.VBox):
+class Live(_Controls):
     """The widget ``live`` returns: ``controls`` (name -> widget), ``image`` (PNG of a returned
     figure), ``text`` (HTML of returned text), ``result`` (fn's last return value), ``calls``,
     and ``error`` (the exception of the last call, shown in ``text``; None when it succeeded)."""
@@ -223,7 +232,6 @@ class Live(ipywidgets.VBox):
         self.error: BaseException | None = None
         self.calls = 0
         self.last_seconds = 0.0
-        self._hold = False
         row = ipywidgets.HBox(
             list(self.controls.values()), layout=ipywidgets.Layout(flex_flow="row wrap")
         )
@@ -236,19 +244,6 @@ class Live(ipywidgets.VBox):
     def values(self) -> dict[str, Any]:
         """The controls' current values, name -> value."""
         return {k: w.value for k, w in self.controls.items()}
-
-    def set(self, **values: Any) -> None:
-        """Set several controls, calling ``fn`` once: ``w.set(bits=4, amount=0.5)``."""
-        unknown = [k for k in values if k not in self.controls]
-        if unknown:
-            raise ValueError(f"controls are {list(self.controls)}; got {unknown}")
-        self._hold = True
-        try:
-            for key, value in values.items():
-                self.controls[key].value = value
-        finally:
-            self._hold = False
-        self.refresh()
 
     def refresh(self, raise_errors: bool = False) -> None:
         """Call ``fn`` with the current values and show its result (errors shown as text)."""
@@ -284,10 +279,6 @@ class Live(ipywidgets.VBox):
         self.image.layout.display = None if png is not None else "none"
         self.text.value = text
         self.text.layout.display = None if text else "none"
-
-    def _on_change(self, change: Mapping[str, Any]) -> None:
-        if not self._hold:
-            self.refresh()
 
 
 # --------------------------------------------------------------------------- helpers

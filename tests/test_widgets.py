@@ -101,6 +101,8 @@ def test_explore_set_renders_once_and_missing_combination():
     assert w.readout.value.count("<tr>") == 1 + 2
     w.set(width=64)
     assert w.selected == [] and "no record with width=64, depth=2" in w.readout.value
+    w.controls["width"].value = 32  # after set(), a single move refreshes again
+    assert len(calls) == 3 and [r["method"] for r in w.selected] == ["fp32", "int8"]
     with pytest.raises(ValueError, match="controls are \\['width', 'depth'\\]; got \\['seed'\\]"):
         w.set(seed=1)
 
@@ -155,7 +157,9 @@ def test_live_rerenders_on_change():
     assert calls[-1] == (8, 0.5, "a", False) and w.image.value != first
     w.set(mode="b", amount=0.2)
     assert calls[-1] == (8, 0.2, "b", False) and len(calls) == 3
-    assert w.calls == 3 and w.error is None
+    w.controls["bits"].value = 2  # after set(), a single move refreshes again
+    assert calls[-1] == (2, 0.2, "b", False) and len(calls) == 4
+    assert w.calls == 4 and w.error is None
 
 
 def test_live_text_and_errors():
