@@ -14,19 +14,6 @@ class NetworkBlocked(OSError):
     """Raised by the guard when code under test tries to open a network connection."""
 
 
-GUARD_SOURCE = """
-import socket as _s
-_labkit_net_attempts = []
-def _labkit_blocked(*args, **kwargs):
-    _labkit_net_attempts.append(repr(args[1:] if args else kwargs)[:200])
-    raise OSError("network access blocked by the offline test")
-_s.socket.connect = _labkit_blocked
-_s.socket.connect_ex = _labkit_blocked
-_s.create_connection = _labkit_blocked
-_s.getaddrinfo = _labkit_blocked
-"""
-
-
 @pytest.fixture
 def no_network(monkeypatch):
     """Block every Python-level network connection; yields the list of attempts made."""

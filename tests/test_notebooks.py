@@ -15,11 +15,23 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import GUARD_SOURCE
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
+
+# Prepended to a notebook run offline: each Python-level connection attempt is logged and refused.
+GUARD_SOURCE = """
+import socket as _s
+_labkit_net_attempts = []
+def _labkit_blocked(*args, **kwargs):
+    _labkit_net_attempts.append(repr(args[1:] if args else kwargs)[:200])
+    raise OSError("network access blocked by the offline test")
+_s.socket.connect = _labkit_blocked
+_s.socket.connect_ex = _labkit_blocked
+_s.create_connection = _labkit_blocked
+_s.getaddrinfo = _labkit_blocked
+"""
 
 
 def _code_cells(nb):
