@@ -1074,3 +1074,64 @@ register(
         schedule="cosine",
     ),
 )
+
+
+def _pydoc_vocab_size() -> int:
+    """Distinct characters in this Python's pydoc corpus (103 on CPython 3.11), without loading it.
+
+    Part of the GPT configs, hence of their cache keys: another corpus gets its own entries.
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # no corpus: the entries stay registered, loading the data will explain
+        return 103
+    return len(set().union(*topics.values()))
+
+
+# Transformers (notebook 01). The char-level GPT reaches ~1.40 nats/char on the pydoc validation
+# split (unigram entropy: 3.25); later notebooks distill, prune and quantize it.
+_PYDOC_VOCAB = _pydoc_vocab_size()
+register(
+    "gpt",
+    "pydoc",
+    Recipe(
+        GPTConfig(vocab_size=_PYDOC_VOCAB, block_size=64, n_layer=2, n_head=4, n_embd=64),
+        steps=2000,
+        lr=4e-3,
+        batch_size=16,
+        optimizer="adamw",
+        schedule="cosine",
+    ),
+)
+for _width in (16, 32, 64):  # the size-against-quality curve: same recipe, 500 steps, only width
+    register(
+        f"gpt_w{_width}",
+        "pydoc",
+        Recipe(
+            GPTConfig(
+                vocab_size=_PYDOC_VOCAB,
+                block_size=64,
+                n_layer=2,
+                n_head=2 if _width == 16 else 4,
+                n_embd=_width,
+            ),
+            steps=500,
+            lr=4e-3,
+            batch_size=16,
+            optimizer="adamw",
+            schedule="cosine",
+        ),
+    )
+register(
+    "vit",
+    "digits",
+    Recipe(
+        ViTConfig(dim=48, depth=3, heads=4),
+        num_epochs=20,
+        lr=3e-3,
+        batch_size=64,
+        optimizer="adamw",
+        weight_decay=0.05,
+        schedule="cosine",
+    ),
+)

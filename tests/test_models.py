@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -380,3 +381,98 @@ def test_retrain_forces_training(tiny_registry):
     models.pretrained("tiny", "digits")
     models.pretrained("tiny", "digits", retrain=True)
     assert len(calls) == 2
+
+
+# --------------------------------------------------------------------------- transformer entries
+
+GPT_ENTRIES = [("gpt", "pydoc"), ("gpt_w16", "pydoc"), ("gpt_w32", "pydoc"), ("gpt_w64", "pydoc")]
+
+
+def test_gpt_entries_are_sized_for_the_pydoc_vocabulary():
+    vocab = data.load("pydoc").vocab_size
+    for entry in GPT_ENTRIES:
+        recipe = models.RECIPES[entry]
+        assert type(recipe.config) is models.GPTConfig, entry
+        assert recipe.config.vocab_size == vocab, entry
+        assert recipe.steps is not None, entry  # text entries train by steps (fit_lm)
+    if models.is_cached("gpt", "pydoc"):  # the cached weights agree with the registry
+        gpt = models.pretrained("gpt", "pydoc")
+        assert gpt.transformer.wte.weight.shape == (vocab, gpt.config.n_embd)
+        params = sum(p.numel() for p in gpt.parameters())
+        assert params == models.pretrained_info("gpt", "pydoc")["metrics"]["params"]
+
+
+def test_gpt_width_entries_differ_only_in_width():
+    recipes = {w: models.RECIPES[(f"gpt_w{w}", "pydoc")] for w in (16, 32, 64)}
+    assert [r.config.n_embd for r in recipes.values()] == [16, 32, 64]
+    base = recipes[64]
+    for width, recipe in recipes.items():
+        # the training recipe is shared; the config differs in n_embd (and n_head, which must
+        # divide it), nothing else
+        assert dataclasses.replace(recipe, config=base.config) == base, width
+        same_shape = dataclasses.replace(recipe.config, n_embd=64, n_head=base.config.n_head)
+        assert same_shape == base.config, width
+    main = models.RECIPES[("gpt", "pydoc")]  # the main GPT: the width-64 model, trained longer
+    assert main.config == base.config and main.steps > base.steps
+    assert dataclasses.replace(main, steps=base.steps) == base
+
+
+def test_vit_digits_entry_has_the_shape_of_the_digits_data():
+    config = models.RECIPES[("vit", "digits")].config
+    expected = models.config_for("vit", "digits")
+    for field in ("image_size", "patch_size", "in_channels", "num_classes"):
+        assert getattr(config, field) == getattr(expected, field), field
+    digits = data.load("digits")
+    assert models.build("vit", config)(digits.X_test[:3]).shape == (3, digits.num_classes)
+
+
+def _changed(value):
+    """A different value of the same kind, or None when there is no obvious one."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return 2 * value if value else 1
+    if isinstance(value, float):
+        return 2 * value if value else 0.1
+    if isinstance(value, tuple) and value and all(isinstance(v, int) for v in value):
+        return (*value, value[-1])
+    return None
+
+
+def _recipe_variants(recipe):
+    """(field, recipe) pairs, each recipe differing from ``recipe`` in one field."""
+    changes = {
+        "optimizer": "sgd" if recipe.optimizer != "sgd" else "adam",
+        "schedule": "cosine" if recipe.schedule != "cosine" else "constant",
+        "steps": (recipe.steps or 1000) + 1,
+        "data_args": {**dict(recipe.data_args), "seed": 7},
+    }
+    for field in ("num_epochs", "lr", "batch_size", "weight_decay", "seed"):
+        changes[field] = _changed(getattr(recipe, field))
+    out = [(field, dataclasses.replace(recipe, **{field: v})) for field, v in changes.items()]
+    for field in dataclasses.fields(recipe.config):
+        new = _changed(getattr(recipe.config, field.name))
+        try:
+            config = dataclasses.replace(recipe.config, **{field.name: new})
+        except ValueError:  # e.g. a head count that no longer divides the width
+            continue
+        out.append((f"config.{field.name}", dataclasses.replace(recipe, config=config)))
+    return out
+
+
+def test_registered_entries_have_distinct_keys():
+    keys = [models.cache_key(*entry) for entry in sorted(models.RECIPES)]
+    assert len(set(keys)) == len(keys)
+
+
+@pytest.mark.parametrize("entry", sorted(models.RECIPES), ids="/".join)
+def test_cache_key_changes_when_the_recipe_changes(entry):
+    recipe = models.RECIPES[entry]
+    key = models.cache_key(*entry)
+    assert models.cache_key(*entry, recipe) == key
+    assert models.cache_key(*entry, dataclasses.replace(recipe)) == key  # an equal copy
+    variants = _recipe_variants(recipe)
+    assert sum(f.startswith("config.") for f, _ in variants) >= 3, "too few config fields varied"
+    for field, changed in variants:
+        assert changed != recipe, field
+        assert models.cache_key(*entry, changed) != key, field
