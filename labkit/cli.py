@@ -2,7 +2,7 @@
 
 Examples:
     labkit doctor            # is this environment ready for the course?
-    labkit prepare           # train and cache every pretrained model (once, ~1-4 min cold)
+    labkit prepare           # train and cache the models and sweeps notebooks read (~4 min)
     labkit release notebooks/*.ipynb -o release/
 """
 
@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from labkit.utils import check_choice
+from labkit.utils import check_choice, check_int
 
 __all__ = ["main", "build_parser", "doctor_checks"]
 
@@ -171,26 +171,33 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from labkit import models
+    from labkit import course, models
 
     start = time.perf_counter()
-    entries = None
+    only = None
     if args.only:
         known = [f"{n}/{d}" for n, d in sorted(models.RECIPES)]
-        for item in args.only:
-            check_choice("only", item, known)
-        entries = [tuple(item.split("/", 1)) for item in args.only]
-    rows = models.prepare(entries, progress=None if not args.quiet else False)
-    for row in rows:
-        state = "cached" if row.get("cached") else f"trained in {row.get('seconds', 0):.1f} s"
-        metrics = row.get("metrics") or {}
+        only = [check_choice("only", item, known) for item in args.only]
+    jobs = course.default_jobs() if args.jobs is None else check_int("jobs", args.jobs, minimum=1)
+    plan = course.steps(only)
+    print(f"preparing {len(plan)} step(s) with {jobs} worker process(es)", flush=True)
+
+    def report(record: dict) -> None:
+        if "metrics" not in record:
+            print(f"{record['name']}: done in {record['seconds']:.1f} s", flush=True)
+            return
+        state = "cached" if record["cached"] else f"trained in {record['seconds']:.1f} s"
+        metrics = record.get("metrics") or {}
         shown = ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
             for k, v in metrics.items()
             if k in ("test_acc", "val_acc", "val_loss", "val_ppl")
         )
-        print(f"{row['name']}/{row['dataset']}: {state}  {shown}")
-    print(f"prepared {len(rows)} model(s) in {time.perf_counter() - start:.1f} s")
+        print(f"{record['name']}: {state}  {shown}", flush=True)
+
+    progress = False if args.quiet else None
+    records = course.prepare(plan, jobs=jobs, progress=progress, report=report)
+    print(f"prepared {len(records)} step(s) in {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -210,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", nargs="*", metavar="NAME/DATASET", help="only these entries, e.g. mlp/digits"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        help="worker processes (default: CPU cores, at most 2; env LABKIT_JOBS)",
+    )
     p.set_defaults(func=_cmd_prepare)
 
     try:
