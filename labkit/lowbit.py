@@ -1,0 +1,689 @@
+"""Low-bit weights: 4/3/2 bits with group-wise scales, ternary and binary, GPTQ, k-means codebooks.
+
+Weight-only quantization stores each ``nn.Linear`` weight as small integer codes plus a little
+metadata, and turns it back into float on the fly. Everything here produces real bytes:
+
+* **Group-wise uniform** (:func:`rtn`): each output row is cut into groups of ``group_size``
+  input columns; every group gets its own scale (float16) and, when affine, its own zero point
+  (stored at ``bits`` bits). Round to nearest (RTN) is the baseline.
+* **GPTQ-style rounding** (:func:`gptq`): quantize one column at a time and push each column's
+  rounding error onto the columns not yet quantized, weighted by the inverse Hessian
+  ``H = X^T X / N`` of the layer's calibration inputs. Minimises ``||X W^T - X Ŵ^T||``.
+* **Codebooks** (:func:`kmeans_codebook`, :func:`ternarize`, :func:`binarize`,
+  :func:`absmean_ternary`): a layer-wide table of float16 levels, each weight stores an index.
+  Ternary codes pack five per byte in base 3 (1.6 bits per weight; the limit is log2(3) = 1.58).
+* **Packing** (:func:`pack_codes`): ``bits`` per code as a little-endian bit stream, so two 4-bit
+  or four 2-bit codes share a byte and 3-bit codes run across byte boundaries (8 codes in 3
+  bytes). The same layout as :func:`labkit.quant.pack_bits`, vectorised.
+* :class:`PackedLinear` keeps only the packed codes, the scales/zero points (or the codebook) and
+  the bias, and dequantizes in ``forward``; ``measure.model_bytes`` of a quantized model is its
+  real size. :class:`BitLinear` trains ternary weights (BitNet b1.58) with a straight-through
+  estimator.
+
+Example:
+    >>> from labkit import lowbit, models
+    >>> qmodel = lowbit.quantize(models.pretrained("mlp", "digits"),
+    ...                          lowbit.LowBitConfig(bits=4, group_size=64))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from labkit import quant
+from labkit.utils import check_choice, check_int
+
+__all__ = [
+    "METHODS",
+    "LowBitConfig",
+    "GroupQuant",
+    "PackedLinear",
+    "BitLinear",
+    "quantize",
+    "quantize_",
+    "to_bitlinear",
+    "packed_layers",
+    "bits_per_weight",
+    "compression_limit",
+    "weight_bytes",
+    "draw_bit_limits",
+    "hessian",
+    "rtn",
+    "gptq",
+    "group_qparams",
+    "fake_quantize_groups",
+    "kmeans_codebook",
+    "ternarize",
+    "binarize",
+    "absmean_ternary",
+    "pack_codes",
+    "unpack_codes",
+    "pack_ternary",
+    "unpack_ternary",
+]
+
+METHODS = ("rtn", "gptq", "kmeans", "grid", "twn", "absmean", "binary")
+"""rtn/gptq: group-wise uniform grid; kmeans: 2^bits-level k-means codebook per layer; grid:
+2^bits evenly spaced levels over the layer's [min, max] (k-means' starting point: a uniform grid
+with one range per layer); twn/absmean: ternary; binary: sign x mean|w|."""
+
+
+@dataclass(frozen=True)
+class LowBitConfig:
+    """How to quantize every ``nn.Linear`` weight of a model (biases stay float32).
+
+    ``bits`` (2–8) applies to ``rtn``, ``gptq``, ``kmeans`` and ``grid``; ``group_size`` (input
+    columns per scale; None: one scale per output row) and ``symmetric`` to ``rtn`` and ``gptq``.
+    ``twn``, ``absmean`` and ``binary`` ignore the three. ``damp`` is GPTQ's Hessian dampening (a
+    fraction of its mean diagonal). ``skip``: names of Linear layers left in float (e.g.
+    ``("lm_head",)``).
+    Example: ``LowBitConfig(bits=3, group_size=64, method="gptq")``
+    """
+
+    bits: int = 4
+    group_size: int | None = 128
+    symmetric: bool = False
+    method: str = "rtn"
+    damp: float = 0.01
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_int("bits", self.bits, minimum=2, maximum=8)
+        if self.group_size is not None:
+            check_int("group_size", self.group_size, minimum=1)
+        check_choice("symmetric", self.symmetric, (True, False))
+        check_choice("method", self.method, METHODS)
+        d = self.damp
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+            raise ValueError(f"damp must be a number in [0, 1); got {d!r}")
+        if isinstance(self.skip, str) or not all(isinstance(s, str) for s in self.skip):
+            raise ValueError(f"skip must be a tuple of layer names; got {self.skip!r}")
+        object.__setattr__(self, "skip", tuple(self.skip))
+
+
+@dataclass(frozen=True)
+class GroupQuant:
+    """A group-wise quantized weight: unsigned ``codes`` (out, in) in [0, 2^bits - 1], float16-exact
+    ``scale`` and unsigned ``zero_point`` (out, G) with ``G = ceil(in / group_size)``.
+
+    Example: ``gq = rtn(w, bits=4, group_size=64); w_hat = gq.dequantize()``
+    """
+
+    codes: Tensor
+    scale: Tensor
+    zero_point: Tensor
+    bits: int
+    group_size: int
+    symmetric: bool
+
+    def dequantize(self) -> Tensor:
+        """Float weight ``(codes - zero_point) * scale``, group by group; shape (out, in)."""
+        return _dequantize_groups(self.codes, self.scale, self.zero_point, self.group_size)
+
+
+# --------------------------------------------------------------------------- the packed layer
+
+
+class PackedLinear(nn.Module):
+    """A Linear layer that stores packed low-bit weights and dequantizes them in ``forward``.
+
+    ``kind="uniform"``: buffers ``packed`` (codes, ``bits`` each), ``scale`` (out, G) float16 and,
+    unless symmetric, ``zero_point`` (packed at ``bits``). ``kind="codebook"``: ``packed`` and a
+    layer-wide ``codebook`` (levels,) float16; three levels pack in base 3 (five per byte).
+    Build one with :meth:`from_group_quant` or :meth:`from_codebook`.
+    Example: ``PackedLinear.from_group_quant(rtn(layer.weight, 4, 64), layer.bias)(x)``
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        kind: str = "uniform",
+        bits: int = 4,
+        group_size: int | None = None,
+        symmetric: bool = False,
+        levels: int | None = None,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_int("in_features", in_features, minimum=1)
+        self.out_features = check_int("out_features", out_features, minimum=1)
+        self.kind = check_choice("kind", kind, ("uniform", "codebook"))
+        self.symmetric = symmetric
+        n = in_features * out_features
+        if kind == "uniform":
+            self.bits = check_int("bits", bits, minimum=2, maximum=8)
+            self.group_size = in_features if group_size is None else group_size
+            groups = math.ceil(in_features / self.group_size)
+            self.register_buffer("packed", torch.zeros(_nbytes(n, bits), dtype=torch.uint8))
+            self.register_buffer("scale", torch.ones(out_features, groups, dtype=torch.float16))
+            if not symmetric:
+                zp_bytes = _nbytes(out_features * groups, bits)
+                self.register_buffer("zero_point", torch.zeros(zp_bytes, dtype=torch.uint8))
+        else:
+            self.levels = check_int("levels", levels, minimum=2, maximum=256)
+            self.bits = max(1, math.ceil(math.log2(self.levels)))
+            size = math.ceil(n / 5) if self.levels == 3 else _nbytes(n, self.bits)
+            self.register_buffer("packed", torch.zeros(size, dtype=torch.uint8))
+            self.register_buffer("codebook", torch.zeros(self.levels, dtype=torch.float16))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @classmethod
+    def from_group_quant(cls, gq: GroupQuant, bias: Tensor | None = None) -> PackedLinear:
+        """Pack a :class:`GroupQuant` (and a float bias). Example: see the class docstring."""
+        out_f, in_f = gq.codes.shape
+        layer = cls(in_f, out_f, kind="uniform", bits=gq.bits, group_size=gq.group_size,
+                    symmetric=gq.symmetric, bias=bias is not None)  # fmt: skip
+        layer.packed.copy_(pack_codes(gq.codes, gq.bits))
+        layer.scale.copy_(gq.scale.half())
+        if not gq.symmetric:
+            layer.zero_point.copy_(pack_codes(gq.zero_point, gq.bits))
+        if bias is not None:
+            layer.bias.data.copy_(bias.detach())
+        return layer
+
+    @classmethod
+    def from_codebook(
+        cls, codes: Tensor, codebook: Tensor, bias: Tensor | None = None
+    ) -> PackedLinear:
+        """Pack indices ``codes`` (out, in) into the float16 ``codebook`` (levels,).
+
+        Example: ``PackedLinear.from_codebook(*kmeans_codebook(w, 3)[::-1], bias)``
+        """
+        out_f, in_f = codes.shape
+        layer = cls(in_f, out_f, kind="codebook", levels=codebook.numel(), bias=bias is not None)
+        if layer.levels == 3:
+            layer.packed.copy_(pack_ternary(codes))
+        else:
+            layer.packed.copy_(pack_codes(codes, layer.bits))
+        layer.codebook.copy_(codebook.half())
+        if bias is not None:
+            layer.bias.data.copy_(bias.detach())
+        return layer
+
+    def codes(self) -> Tensor:
+        """The unpacked codes, int64 (out, in)."""
+        n, shape = self.in_features * self.out_features, (self.out_features, self.in_features)
+        if self.kind == "codebook" and self.levels == 3:
+            return unpack_ternary(self.packed, n).view(shape)
+        return unpack_codes(self.packed, self.bits, n).view(shape)
+
+    def dequantize(self) -> Tensor:
+        """The float32 weight (out, in) this layer computes with."""
+        codes = self.codes()  # (out, in)
+        if self.kind == "codebook":
+            return self.codebook.float()[codes]  # (out, in)
+        if self.symmetric:
+            zp = torch.full(self.scale.shape, 2 ** (self.bits - 1), dtype=torch.int64)
+        else:
+            zp = unpack_codes(self.zero_point, self.bits, self.scale.numel()).view(self.scale.shape)
+        return _dequantize_groups(codes, self.scale.float(), zp, self.group_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.dequantize().to(x.dtype), self.bias)  # (..., out_features)
+
+    def stored_bits(self) -> int:
+        """Bits of the weight's storage: packed codes + scales + zero points (or codebook)."""
+        extra = self.codebook if self.kind == "codebook" else self.scale
+        total = self.packed.nbytes + extra.nbytes
+        if self.kind == "uniform" and not self.symmetric:
+            total += self.zero_point.nbytes
+        return 8 * total
+
+    def extra_repr(self) -> str:
+        what = (f"{self.bits}-bit, group {self.group_size}, "
+                f"{'symmetric' if self.symmetric else 'affine'}") if self.kind == "uniform" \
+            else f"codebook of {self.levels}"  # fmt: skip
+        return f"in_features={self.in_features}, out_features={self.out_features}, {what}"
+
+
+def packed_layers(model: nn.Module) -> dict[str, PackedLinear]:
+    """The model's PackedLinear layers by name. Example: ``list(packed_layers(qmodel))``"""
+    return {n: m for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+
+
+def weight_bytes(model: nn.Module) -> dict[str, int]:
+    """Weights the packed layers hold: ``numel``, ``fp32_bytes`` (4 per weight) and ``bytes``
+    (packed codes + scales + zero points/codebooks, biases excluded).
+
+    Example: ``r = weight_bytes(qmodel); r["fp32_bytes"] / r["bytes"]  # ~14.9 at 2 bits``
+    """
+    layers = packed_layers(model).values()
+    numel = sum(m.in_features * m.out_features for m in layers)
+    stored = sum(m.stored_bits() for m in layers) // 8
+    return {"numel": numel, "fp32_bytes": 4 * numel, "bytes": stored}
+
+
+# --------------------------------------------------------------------------- model transforms
+
+
+@torch.no_grad()
+def quantize(model: nn.Module, config: LowBitConfig | None = None, calib: Any = None) -> nn.Module:
+    """A new model whose Linear layers are :class:`PackedLinear` (see :func:`quantize_`).
+
+    Example: ``qmodel = quantize(model, LowBitConfig(bits=3, method="gptq"), X_calib)``
+    """
+    return quantize_(copy.deepcopy(model), config, calib)
+
+
+@torch.no_grad()
+def quantize_(model: nn.Module, config: LowBitConfig | None = None, calib: Any = None) -> nn.Module:
+    """In place: replace every ``nn.Linear`` (except ``config.skip``) by a PackedLinear.
+
+    ``calib`` (``gptq`` only): a batch of model inputs (a tensor: images, or token ids (B, T)).
+    GPTQ runs layer by layer in module order, each Hessian taken from the inputs the layer sees
+    with every earlier layer already quantized (a few hundred tokens or samples suffice).
+    Returns ``model`` in eval mode. Example: ``quantize_(model, LowBitConfig(method="twn"))``
+    """
+    config = LowBitConfig() if config is None else config
+    if not isinstance(config, LowBitConfig):
+        raise ValueError(f"config must be a LowBitConfig; got {type(config).__name__}")
+    if config.method == "gptq" and not torch.is_tensor(calib):
+        raise ValueError("calib must be a tensor of model inputs when method='gptq'")
+    model.eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    unknown = [s for s in config.skip if s not in names]
+    if unknown:
+        raise ValueError(f"skip must name Linear layers of the model; got {unknown}")
+    for name in names:
+        if name in config.skip:
+            continue
+        layer = model.get_submodule(name)
+        H = _layer_hessian(model, layer, calib) if config.method == "gptq" else None
+        _set_submodule(model, name, _pack_layer(layer, config, H))
+    return model
+
+
+def _pack_layer(layer: nn.Linear, config: LowBitConfig, H: Tensor | None) -> PackedLinear:
+    w, c = layer.weight.detach().float(), config  # (out, in)
+    if c.method in ("rtn", "gptq"):
+        gs = c.group_size or w.shape[1]
+        gq = rtn(w, c.bits, gs, c.symmetric) if H is None else gptq(w, H, c.bits, gs, c.symmetric,
+                                                                     damp=c.damp)  # fmt: skip
+        return PackedLinear.from_group_quant(gq, layer.bias)
+    if c.method in ("kmeans", "grid"):
+        codebook, codes = kmeans_codebook(w, c.bits, iters=30 if c.method == "kmeans" else 0)
+        return PackedLinear.from_codebook(codes, codebook, layer.bias)
+    fn = {"twn": ternarize, "absmean": absmean_ternary, "binary": binarize}[c.method]
+    signs, alpha = fn(w)
+    if c.method == "binary":
+        return PackedLinear.from_codebook((signs > 0).long(), alpha * torch.tensor([-1.0, 1.0]),
+                                          layer.bias)  # fmt: skip
+    return PackedLinear.from_codebook(signs.long() + 1, alpha * torch.tensor([-1.0, 0.0, 1.0]),
+                                      layer.bias)  # fmt: skip
+
+
+def _layer_hessian(model: nn.Module, layer: nn.Module, calib: Tensor) -> Tensor:
+    seen: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    try:
+        model(calib)
+    finally:
+        handle.remove()
+    X = torch.cat([x.reshape(-1, x.shape[-1]) for x in seen])  # (N, in)
+    return hessian(X)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+# --------------------------------------------------------------------------- ternary training
+
+
+class BitLinear(nn.Linear):
+    """BitNet b1.58-style Linear: latent float weights, ternary absmean weights in ``forward``.
+
+    Forward uses ``gamma * clamp(round(w / gamma), -1, 1)`` with ``gamma = mean|w|`` (float16,
+    as :class:`PackedLinear` stores it); backward is the straight-through estimator
+    ``w + (w_q - w).detach()``: the gradient reaches the latent weights unchanged. Inputs stay
+    float (weights-only, unlike the paper's 8-bit activations).
+    Example: ``to_bitlinear(model)`` swaps every Linear for one of these.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        signs, gamma = absmean_ternary(self.weight)
+        w_q = signs.to(self.weight.dtype) * gamma  # (out, in) values in {-gamma, 0, gamma}
+        w = self.weight + (w_q - self.weight).detach()  # STE: forward w_q, gradient to weight
+        return F.linear(x, w, self.bias)  # (..., out_features)
+
+
+def to_bitlinear(model: nn.Module, skip: tuple[str, ...] = ()) -> nn.Module:
+    """A new model with every ``nn.Linear`` (except ``skip``) a :class:`BitLinear` (same weights).
+
+    Train it with ``train.fit``, then pack it with ``quantize(.., LowBitConfig(method="absmean"))``.
+    Example: ``bit_model = to_bitlinear(models.pretrained("mlp", "digits"))``
+    """
+    model = copy.deepcopy(model)
+    for name, m in list(model.named_modules()):
+        if type(m) is nn.Linear and name not in skip:
+            new = BitLinear(m.in_features, m.out_features, bias=m.bias is not None)
+            new.load_state_dict(m.state_dict())
+            _set_submodule(model, name, new)
+    return model
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def bits_per_weight(
+    bits: int, group_size: int | None, symmetric: bool = False, in_features: int | None = None
+) -> float:
+    """Stored bits per weight of a group-wise layer: ``bits + (16 + zp_bits) / group_size``.
+
+    A float16 scale per group, plus a ``bits``-bit zero point when affine; ``group_size=None``
+    means one group per row of ``in_features``. Example: ``bits_per_weight(2, 128)  # 2.140625``
+    """
+    g = in_features if group_size is None else group_size
+    if g is None:
+        raise ValueError("in_features must be given when group_size is None; got None")
+    return bits + (16 + (0 if symmetric else bits)) / g
+
+
+def compression_limit(bits: int, group_size: int | None, symmetric: bool = False, **kw) -> float:
+    """The best size ratio vs float32 with these scales: ``32 / bits_per_weight(...)``.
+
+    Example: ``compression_limit(2, 128)  # 14.95 (16x without scales)``
+    """
+    return 32 / bits_per_weight(bits, group_size, symmetric, **kw)
+
+
+def draw_bit_limits(
+    ax: Any, num_weights: int, other_bytes: int = 0, bits=(16, 8, 4, 2, 1.58, 1)
+) -> None:
+    """Vertical lines at the size ``other_bytes + num_weights * b / 8`` for each ``b`` in ``bits``:
+    the model if each quantized weight took exactly ``b`` bits and nothing else changed.
+
+    Example: ``draw_bit_limits(ax, 786432, other_bytes=fp32_bytes - 4 * 786432)``
+    """
+    for b in bits:
+        x = other_bytes + num_weights * b / 8
+        ax.axvline(x, color="0.55", lw=0.8, ls=":", zorder=0)
+        ax.annotate(f"{b:g} b/w", (x, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                    fontsize=7, color="0.4", va="top", ha="right")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- GPTQ and RTN
+
+
+def hessian(X: Tensor) -> Tensor:
+    """``X^T X / N`` of a layer's inputs X (N, in): the Hessian of ``||X w - X w_hat||^2 / 2N``.
+
+    Example: ``H = hessian(torch.randn(512, 64))  # (64, 64)``
+    """
+    X = X.detach().double().reshape(-1, X.shape[-1])  # (N, in)
+    return (X.T @ X / len(X)).float()  # (in, in)
+
+
+def rtn(w: Tensor, bits: int, group_size: int, symmetric: bool = False) -> GroupQuant:
+    """Round-to-nearest group-wise quantization of ``w`` (out, in): min-max qparams per group.
+
+    Example: ``rtn(layer.weight, bits=4, group_size=64).dequantize()``
+    """
+    w = w.detach().float()
+    scale, zp = group_qparams(w, bits, group_size, symmetric)
+    codes = _quantize_groups(w, scale, zp, bits, group_size)
+    return GroupQuant(codes, scale, zp, bits, group_size, symmetric)
+
+
+def gptq(
+    w: Tensor,
+    H: Tensor,
+    bits: int,
+    group_size: int,
+    symmetric: bool = False,
+    damp: float = 0.01,
+    block_size: int = 128,
+) -> GroupQuant:
+    """GPTQ-style quantization of ``w`` (out, in) for inputs with Hessian ``H`` (in, in).
+
+    Columns are quantized left to right; after column ``j`` is rounded, its error ``e`` (out,) is
+    spread over the later columns, ``W[:, j+1:] -= e / U[j, j] * U[j, j+1:]`` with ``U`` the upper
+    Cholesky factor of ``(H + damp * mean(diag H) * I)^-1`` (the optimal-brain-surgeon update, in
+    the order GPTQ uses). A group's qparams are chosen when its first column is reached, from the
+    already-updated weights. With ``H`` the identity this is exactly :func:`rtn`. Updates to
+    columns beyond the current ``block_size`` columns are batched into one matmul per block
+    (GPTQ's lazy batch updates: the same sums, in another order). Float32, as the paper.
+    Example: ``gptq(w, hessian(X), bits=3, group_size=64)``
+    """
+    W = w.detach().float().T.contiguous()  # (in, out): column j of w is the row W[j]
+    in_f, out_f = W.shape
+    check_int("group_size", group_size, minimum=1)
+    H = H.detach().double().clone()
+    if H.shape != (in_f, in_f):
+        raise ValueError(f"H must have shape ({in_f}, {in_f}); got {tuple(H.shape)}")
+    dead = torch.diag(H) == 0  # inputs that were always 0: their weights cannot matter
+    H[dead, dead] = 1.0
+    W[dead] = 0.0
+    H += damp * torch.diag(H).mean() * torch.eye(in_f, dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    U = U.float()  # (in, in) upper triangular
+    groups = math.ceil(in_f / group_size)
+    scale = torch.empty(out_f, groups)
+    zp = torch.empty(out_f, groups, dtype=torch.int64)
+    codes = torch.empty(in_f, out_f, dtype=torch.int64)
+    for i1 in range(0, in_f, block_size):  # lazy batches: update later blocks once per block
+        i2 = min(i1 + block_size, in_f)
+        err = torch.empty(i2 - i1, out_f)  # (block, out) scaled errors of this block
+        for j in range(i1, i2):
+            g = j // group_size
+            if j % group_size == 0:  # qparams from the weights as updated so far
+                later = W[i2 : j + group_size] - U[i1:j, i2 : j + group_size].T @ err[: j - i1]
+                cols = torch.cat([W[j:i2], later])[:group_size]  # (<= group_size, out)
+                s_, z_ = group_qparams(cols.T, bits, cols.shape[0], symmetric)  # (out, 1)
+                scale[:, g], zp[:, g] = s_[:, 0], z_[:, 0]
+            s, z = scale[:, g], zp[:, g]
+            q = torch.clamp(torch.round(W[j] * torch.reciprocal(s)) + z, 0, 2**bits - 1)
+            codes[j] = q.long()  # (out,)
+            e = (W[j] - (q - z) * s) / U[j, j]  # (out,)
+            W[j + 1 : i2] -= torch.outer(U[j, j + 1 : i2], e)  # (block rest, out)
+            err[j - i1] = e
+        W[i2:] -= U[i1:i2, i2:].T @ err  # (in - i2, out)
+    return GroupQuant(codes.T.contiguous(), scale, zp, bits, group_size, symmetric)
+
+
+# --------------------------------------------------------------------------- codebooks
+
+
+def kmeans_codebook(w: Tensor, bits: int, iters: int = 30) -> tuple[Tensor, Tensor]:
+    """Deep Compression weight sharing: 1-D k-means (Lloyd) of all of ``w`` into ``2^bits`` levels.
+
+    Linear initialisation over ``[min, max]`` (the uniform grid; Han et al. found it best), then
+    ``iters`` rounds of assign-to-nearest / move-to-mean (``iters=0``: the uniform grid). Returns
+    (codebook (2^bits,) float16-exact float32, sorted; codes int64 with ``w``'s shape, each the
+    nearest level).
+    Example: ``codebook, codes = kmeans_codebook(w, 3); w_hat = codebook[codes]``
+    """
+    bits = check_int("bits", bits, minimum=1, maximum=8)
+    iters = check_int("iters", iters, minimum=0)
+    x = w.detach().float().flatten()  # (n,)
+    k = 2**bits
+    centers = torch.linspace(float(x.min()), float(x.max()), k)  # (k,)
+    for _ in range(iters):
+        codes = _nearest(x, centers)  # (n,)
+        sums = torch.zeros(k).index_add_(0, codes, x)
+        counts = torch.zeros(k).index_add_(0, codes, torch.ones_like(x))
+        new = torch.where(counts > 0, sums / counts.clamp(min=1), centers)  # empty: stay
+        if torch.equal(new, centers):
+            break
+        centers = new
+    centers = torch.sort(centers.half().float()).values
+    return centers, _nearest(x, centers).view(w.shape)
+
+
+def _nearest(x: Tensor, centers: Tensor) -> Tensor:
+    """Index of the nearest of the sorted ``centers`` (k,) for each value of ``x`` (n,)."""
+    mids = (centers[1:] + centers[:-1]) / 2  # (k - 1,) decision boundaries
+    return torch.bucketize(x, mids)  # (n,) in [0, k - 1]
+
+
+def ternarize(w: Tensor, threshold: float = 0.7) -> tuple[Tensor, Tensor]:
+    """Ternary weight networks (Li & Liu, 2016): ``w ~ alpha * t`` with ``t`` in {-1, 0, +1}.
+
+    ``delta = threshold * mean|w|``; ``t = sign(w)`` where ``|w| > delta``, else 0; ``alpha`` =
+    mean ``|w|`` over the kept entries (the least-squares scale for that ``t``), rounded to
+    float16. Returns (t int8 with ``w``'s shape, alpha ()). Example: ``t, a = ternarize(w)``
+    """
+    w = w.detach().float()
+    keep = w.abs() > threshold * w.abs().mean()
+    alpha = (w.abs() * keep).sum() / keep.sum().clamp(min=1)
+    return (torch.sign(w) * keep).to(torch.int8), alpha.half().float()
+
+
+def binarize(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Binary weights (BinaryConnect/XNOR-Net): ``w ~ alpha * sign(w)``, ``alpha = mean|w|``.
+
+    ``sign(0)`` is taken as +1 so every weight is ±1. Returns (signs int8, alpha () float16-exact).
+    Example: ``s, a = binarize(w); w_hat = a * s``
+    """
+    w = w.detach().float()
+    signs = torch.where(w >= 0, 1, -1).to(torch.int8)
+    return signs, w.abs().mean().half().float()
+
+
+def absmean_ternary(w: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """BitNet b1.58 absmean quantizer: ``gamma = mean|w|``, ``t = clamp(round(w / gamma), -1, 1)``.
+
+    Returns (t int8, gamma () float16-exact). Unlike :func:`ternarize` the threshold is fixed at
+    ``gamma / 2`` and the scale is ``gamma`` itself. Example: ``t, g = absmean_ternary(w)``
+    """
+    w = w.detach().float()
+    gamma = w.abs().mean()
+    t = torch.clamp(torch.round(w / (gamma + eps)), -1, 1).to(torch.int8)
+    return t, gamma.half().float()
+
+
+# --------------------------------------------------------------------------- pure primitives
+
+
+def group_qparams(
+    w: Tensor, bits: int, group_size: int, symmetric: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Min-max (scale, zero_point) of each group of ``group_size`` columns of ``w`` (out, in).
+
+    The range of a group is widened to hold 0 (as :func:`labkit.quant.qparams_from_range`); the
+    scale is rounded UP to float16 (what is stored; no value clips), zero points are unsigned
+    codes (``2^(bits-1)`` when symmetric). A last, shorter group is allowed. Shapes (out, G).
+    Example: ``scale, zp = group_qparams(w, 4, 64)``
+    """
+    bits = check_int("bits", bits, minimum=2, maximum=8)
+    group_size = check_int("group_size", group_size, minimum=1)
+    g = _groups(w.detach().float(), group_size)  # (out, G, group_size), zero-padded
+    lo, hi = g.amin(dim=2).clamp(max=0), g.amax(dim=2).clamp(min=0)  # (out, G)
+    scale, _ = quant.qparams_from_range(lo, hi, bits, symmetric)
+    scale = _half_ceil(scale)
+    if symmetric:
+        return scale, torch.full_like(scale, 2 ** (bits - 1), dtype=torch.int64)
+    zp = torch.clamp(-torch.round(lo / scale), 0, 2**bits - 1).to(torch.int64)
+    return scale, zp
+
+
+def fake_quantize_groups(w: Tensor, bits: int, group_size: int, symmetric: bool = False) -> Tensor:
+    """``w`` (out, in) rounded to its group-wise grid and back to float (RTN). When ``group_size``
+    divides ``in``, equal to ``torch.fake_quantize_per_channel_affine`` on ``w.view(-1, group)``.
+
+    Example: ``fake_quantize_groups(w, 3, 32)``
+    """
+    return rtn(w, bits, group_size, symmetric).dequantize()
+
+
+def _quantize_groups(w: Tensor, scale: Tensor, zp: Tensor, bits: int, group_size: int) -> Tensor:
+    out_f, in_f = w.shape
+    g = _groups(w, group_size)  # (out, G, group_size)
+    q = torch.round(g * torch.reciprocal(scale)[..., None]) + zp[..., None]
+    q = torch.clamp(q, 0, 2**bits - 1).to(torch.int64)  # (out, G, group_size)
+    return q.reshape(out_f, -1)[:, :in_f]  # (out, in)
+
+
+def _dequantize_groups(codes: Tensor, scale: Tensor, zp: Tensor, group_size: int) -> Tensor:
+    out_f, in_f = codes.shape
+    g = _groups(codes.float(), group_size)  # (out, G, group_size)
+    w = (g - zp[..., None].float()) * scale[..., None]  # (out, G, group_size)
+    return w.reshape(out_f, -1)[:, :in_f]  # (out, in)
+
+
+def _groups(w: Tensor, group_size: int) -> Tensor:
+    out_f, in_f = w.shape
+    pad = -in_f % group_size
+    return F.pad(w, (0, pad)).view(out_f, -1, group_size)  # (out, G, group_size)
+
+
+def _half_ceil(x: Tensor) -> Tensor:
+    """The smallest float16 value >= x (as float32): a stored scale never clips."""
+    h = x.half()
+    h = torch.where(h.float() < x, torch.nextafter(h, torch.full_like(h, math.inf)), h)
+    return h.float()
+
+
+def _nbytes(n: int, bits: int) -> int:
+    return math.ceil(n * bits / 8)
+
+
+def pack_codes(codes: Tensor, bits: int) -> Tensor:
+    """Pack unsigned codes (< 2^bits) ``bits`` each into bytes, little-endian bit order.
+
+    Two 4-bit codes per byte (low nibble first), four 2-bit codes, eight 1-bit codes; 3-bit codes
+    run across byte boundaries (8 codes in 3 bytes). ``n`` codes take ``ceil(n * bits / 8)``
+    bytes, byte for byte as :func:`labkit.quant.pack_bits`, but vectorised per chunk of
+    ``lcm(bits, 8)`` bits. Example: ``pack_codes(torch.tensor([1, 2]), 4)  # tensor([33])``
+    """
+    bits = check_int("bits", bits, minimum=1, maximum=8)
+    codes = codes.flatten().to(torch.int64)  # (n,)
+    n = codes.numel()
+    if n and (int(codes.min()) < 0 or int(codes.max()) >= 2**bits):
+        raise ValueError(f"codes must be integers in [0, {2**bits - 1}]; got values outside")
+    per = math.lcm(bits, 8) // bits  # codes per chunk
+    nbytes = math.lcm(bits, 8) // 8  # bytes per chunk
+    chunks = F.pad(codes, (0, -n % per)).view(-1, per)  # (C, per)
+    value = (chunks << (bits * torch.arange(per))).sum(dim=1)  # (C,) <= 56 bits, no overlap
+    out = (value[:, None] >> (8 * torch.arange(nbytes))) & 255  # (C, nbytes)
+    return out.flatten()[: _nbytes(n, bits)].to(torch.uint8)
+
+
+def unpack_codes(packed: Tensor, bits: int, numel: int) -> Tensor:
+    """The first ``numel`` codes stored by :func:`pack_codes`, int64 (numel,).
+
+    Example: ``unpack_codes(torch.tensor([33], dtype=torch.uint8), 4, 2)  # tensor([1, 2])``
+    """
+    bits = check_int("bits", bits, minimum=1, maximum=8)
+    numel = check_int("numel", numel, minimum=0)
+    per, nbytes = math.lcm(bits, 8) // bits, math.lcm(bits, 8) // 8
+    if packed.numel() < _nbytes(numel, bits):
+        raise ValueError(f"packed must hold {_nbytes(numel, bits)} bytes; got {packed.numel()}")
+    raw = packed.flatten().to(torch.int64)
+    raw = F.pad(raw, (0, -raw.numel() % nbytes)).view(-1, nbytes)  # (C, nbytes)
+    value = (raw << (8 * torch.arange(nbytes))).sum(dim=1)  # (C,)
+    codes = (value[:, None] >> (bits * torch.arange(per))) & (2**bits - 1)  # (C, per)
+    return codes.flatten()[:numel]
+
+
+def pack_ternary(codes: Tensor) -> Tensor:
+    """Pack codes in {0, 1, 2} five per byte in base 3 (``c0 + 3 c1 + 9 c2 + 27 c3 + 81 c4`` <=
+    242): 1.6 bits per weight, against log2(3) = 1.585 for any ternary code.
+
+    Example: ``pack_ternary(torch.tensor([2, 1, 0, 0, 1]))  # tensor([86])``
+    """
+    codes = codes.flatten().to(torch.int64)  # (n,)
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > 2):
+        raise ValueError("codes must be integers in [0, 2]; got values outside")
+    chunks = F.pad(codes, (0, -codes.numel() % 5)).view(-1, 5)  # (C, 5)
+    return (chunks * 3 ** torch.arange(5)).sum(dim=1).to(torch.uint8)  # (C,)
+
+
+def unpack_ternary(packed: Tensor, numel: int) -> Tensor:
+    """The first ``numel`` codes stored by :func:`pack_ternary`, int64 (numel,).
+
+    Example: ``unpack_ternary(torch.tensor([86], dtype=torch.uint8), 5)  # tensor([2, 1, 0, 0, 1])``
+    """
+    numel = check_int("numel", numel, minimum=0)
+    raw = packed.flatten().to(torch.int64)  # (C,)
+    return ((raw[:, None] // 3 ** torch.arange(5)) % 3).flatten()[:numel]  # (numel,)
