@@ -66,7 +66,17 @@ def _course_steps() -> list[Step]:
         {"dataset": "mnist1d", "num_samples": 20_000, "seed": 1},
         cost=8.0,
     )
-    return [transfer, *distill]
+    condense = [
+        Step(
+            f"condense:{part}",
+            "labkit.condense:prepare",
+            {"parts": [part]},
+            needs=("data:digits",),
+            cost={"main": 30.0, "augment": 12.0}[part],
+        )
+        for part in ("main", "augment")
+    ]
+    return [transfer, *distill, *condense]
 
 
 def steps(only: Sequence[str] | None = None) -> list[Step]:
