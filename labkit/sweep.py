@@ -83,6 +83,7 @@ def run(
     cache: bool = True,
     progress: bool | None = None,
     version: int | str = 0,
+    jobs: int = 1,
 ) -> list[dict]:
     """Call ``fn(**point)`` for every point; return records ``{**point, **result}`` in point order.
 
@@ -94,7 +95,10 @@ def run(
     a corrupt file is recomputed. Bump ``version`` when something else ``fn`` depends on changes
     (a global, the data, a helper it calls); ``cache=False`` always calls ``fn`` and stores nothing.
     Duplicate points are computed once. ``progress``: ``False`` hides the bar, otherwise it shows
-    on stderr unless under CI or ``LABKIT_PROGRESS=0``.
+    on stderr unless under CI or ``LABKIT_PROGRESS=0``. ``jobs`` > 1 computes the missing points
+    in that many worker processes (spawned, one torch thread each; results are stored as they
+    arrive): ``fn`` must then be a module-level function of an importable module, not one defined
+    in a notebook.
 
     Example: ``run(train_and_measure, grid(width=[16, 32, 64]), name="mlp-widths")``
     """
@@ -108,6 +112,9 @@ def run(
     if isinstance(version, bool) or not isinstance(version, (int, str)):
         raise ValueError(f"version must be an int or a str; got {version!r}")
     points = _check_points(points)
+    utils.check_int("jobs", jobs, minimum=1)
+    if jobs > 1:
+        _check_importable(fn)
     fn_id = _fn_id(fn) if cache else ""
     folder = utils.cache_dir("sweeps") if (cache and name is not None) else None
 
@@ -125,16 +132,64 @@ def run(
         else:
             results[key] = hit
 
-    steps = list(todo.items())
-    if progress is not False and steps:
-        steps = utils.progress(steps, total=len(steps), desc=name)
-    for key, point in steps:
-        result = _check_result(fn(**point), point)
+    def done(key: str, result: Any) -> None:
+        result = _check_result(result, todo[key])
         results[key] = result
         if cache:
-            _store(key, result, folder, name, fn_id, version, point)
+            _store(key, result, folder, name, fn_id, version, todo[key])
+
+    if jobs > 1 and len(todo) > 1:
+        for key, result in _in_workers(fn, todo, min(jobs, len(todo)), progress, name):
+            done(key, result)
+    else:
+        steps = list(todo.items())
+        if progress is not False and steps:
+            steps = utils.progress(steps, total=len(steps), desc=name)
+        for key, point in steps:
+            done(key, fn(**point))
 
     return [{**point, **json.loads(json.dumps(results[key]))} for point, key in zip(points, keys)]
+
+
+def _check_importable(fn: Callable) -> None:
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if module in (None, "__main__") or "<" in qualname or not inspect.isfunction(fn):
+        raise ValueError(
+            "fn must be a module-level function of an importable module when jobs > 1 (worker "
+            f"processes import it by name); got {qualname or fn!r} from {module!r}: use jobs=1"
+        )
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the workers share the cores: one thread each
+
+
+def _call(fn: Callable, point: dict) -> Any:
+    return fn(**point)
+
+
+def _in_workers(
+    fn: Callable, todo: dict[str, dict], jobs: int, progress: bool | None, name: str | None
+) -> Iterable[tuple[str, Any]]:
+    """Yield ``(key, fn(**point))`` as worker processes finish the points of ``todo``."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs torch
+    with cf.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as pool:
+        futures = {pool.submit(_call, fn, point): key for key, point in todo.items()}
+        finished = cf.as_completed(futures)
+        if progress is not False:
+            finished = utils.progress(finished, total=len(futures), desc=name)
+        try:
+            for future in finished:
+                yield futures[future], future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def clear_cache(name: str | None = None) -> int:

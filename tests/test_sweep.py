@@ -389,3 +389,33 @@ def test_mean_std_matches_numpy():
         sweep.mean_std(recs, "acc", "acc")
     with pytest.raises(ValueError, match="'method' values must be numbers"):
         sweep.mean_std(recs, "width", "method")
+
+
+def _square_in_worker(x: int, delay: float = 0.0) -> dict:
+    """Module-level, so worker processes can import it: x², and which process computed it."""
+    import time
+
+    time.sleep(delay)
+    if x < 0:
+        raise ValueError(f"x must be >= 0; got {x}")
+    return {"y": x * x, "pid": os.getpid()}
+
+
+def test_run_in_worker_processes_matches_one_process_and_caches(isolated):
+    points = sweep.grid(x=[0, 1, 2, 3], delay=[0.2])
+    parallel = sweep.run(_square_in_worker, points, name="jobs", jobs=2)
+    assert [r["y"] for r in parallel] == [0, 1, 4, 9]
+    pids = {r["pid"] for r in parallel}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2  # computed in the worker processes
+    assert len(sweep_files()) == 4
+    again = sweep.run(_square_in_worker, points, name="jobs", jobs=1)  # all cached: no new pid
+    assert again == parallel
+
+
+def test_run_in_workers_refuses_what_workers_cannot_import_and_passes_errors_on(isolated):
+    with pytest.raises(ValueError, match="jobs must be"):
+        sweep.run(_square_in_worker, [{"x": 1}], jobs=0)
+    with pytest.raises(ValueError, match="module-level function"):
+        sweep.run(lambda x: {"y": x}, [{"x": 1}, {"x": 2}], jobs=2)
+    with pytest.raises(ValueError, match="x must be >= 0"):
+        sweep.run(_square_in_worker, sweep.grid(x=[1, -1]), name="jobs-err", jobs=2)
