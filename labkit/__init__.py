@@ -34,6 +34,7 @@ _SUBMODULES = (
     "quant_int8",
     "distill",
     "lowbit",
+    "dynamic",
     "condense",
     "course",
     "grading",

@@ -76,7 +76,24 @@ def _course_steps() -> list[Step]:
         )
         for part in ("main", "augment")
     ]
-    return [transfer, *distill, *condense]
+    dynamic = [
+        Step(
+            f"dynamic:{part}",
+            "labkit.dynamic:prepare",
+            {"parts": [part]},
+            needs=("data:mnist1d",) + (("dynamic:plain",) if part in ("slim", "moe") else ()),
+            cost=cost,
+        )
+        for part, cost in (
+            ("plain", 7.0),
+            ("summed", 8.0),
+            ("weighted", 8.0),
+            ("static", 8.0),
+            ("slim", 10.0),
+            ("moe", 19.0),
+        )
+    ]
+    return [transfer, *distill, *dynamic, *condense]
 
 
 def steps(only: Sequence[str] | None = None) -> list[Step]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cli, condense, course, distill, models
+from labkit import cli, condense, course, distill, dynamic, models
 
 
 def _stamp(log: str, name: str, sleep: float = 0.0) -> None:
@@ -32,6 +32,8 @@ def test_the_plan_covers_every_model_and_sweep_in_a_valid_order():
         assert f"distill:{part}" in names
     for part in condense.PARTS:
         assert f"condense:{part}" in names
+    for part in dynamic.PARTS:
+        assert f"dynamic:{part}" in names
     for i, step in enumerate(plan):
         for need in step.needs:
             assert need in names[:i], f"{step.name} listed before {need}"
