@@ -1,6 +1,6 @@
 """The ``labkit release``, ``labkit check`` and ``labkit grade`` subcommands (argparse).
 
-The lead's ``labkit/cli.py`` calls :func:`add_subcommands`; each command's ``func`` returns the
+``labkit/cli.py`` calls :func:`add_subcommands`; each command's ``func`` returns the
 exit code: 0 done, 1 ``release --verify`` found a vacuous or failing test, 2 bad input.
 
 Example:
