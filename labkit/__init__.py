@@ -30,6 +30,7 @@ _SUBMODULES = (
     "prune_structured",
     "prune_transformer",
     "sparse",
+    "prune_sweeps",
     "quant",
     "quant_int8",
     "distill",

@@ -93,7 +93,24 @@ def _course_steps() -> list[Step]:
             ("moe", 19.0),
         )
     ]
-    return [transfer, *distill, *dynamic, *condense]
+    first = "prune:unstructured"  # trains and saves the seed-1 and seed-2 MLPs the others reuse
+    prune = [
+        Step(
+            f"prune:{part}",
+            "labkit.prune_sweeps:prepare",
+            {"parts": [part]},
+            needs=needs,
+            cost=cost,
+        )
+        for part, needs, cost in (
+            ("unstructured", ("model:mlp/digits",), 32.0),
+            ("schedules", ("model:mlp/digits", first), 12.0),
+            ("structured", ("model:mlp/digits", first), 25.0),
+            ("lottery", ("data:digits",), 28.0),
+            ("vit", ("model:vit/digits",), 9.0),
+        )
+    ]
+    return [transfer, *distill, *prune, *dynamic, *condense]
 
 
 def steps(only: Sequence[str] | None = None) -> list[Step]:

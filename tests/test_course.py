@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cli, condense, course, distill, dynamic, models
+from labkit import cli, condense, course, distill, dynamic, models, prune_sweeps
 
 
 def _stamp(log: str, name: str, sleep: float = 0.0) -> None:
@@ -34,6 +34,8 @@ def test_the_plan_covers_every_model_and_sweep_in_a_valid_order():
         assert f"condense:{part}" in names
     for part in dynamic.PARTS:
         assert f"dynamic:{part}" in names
+    for part in prune_sweeps.PARTS:
+        assert f"prune:{part}" in names
     for i, step in enumerate(plan):
         for need in step.needs:
             assert need in names[:i], f"{step.name} listed before {need}"

@@ -1,0 +1,225 @@
+"""labkit.prune_sweeps: notebook 03's sweep points, their wrappers, cache and grids."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import labkit
+from labkit import measure, models, prune_sweeps, sparse, sweep
+
+MLP_KEY = models.cache_key("mlp", "digits")
+VIT_KEY = models.cache_key("vit", "digits")
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_pruning.ipynb"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread, and a shared machine is not oversubscribed."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def untrained_mlp(monkeypatch, tmp_data):
+    """``dense_mlp`` returns a freshly built (seeded, untrained) MLP: no pretrained cache needed."""
+
+    def build(dataset, seed):
+        torch.manual_seed(seed)
+        return models.build("mlp", models.RECIPES[("mlp", dataset)].config).eval()
+
+    monkeypatch.setattr(prune_sweeps, "dense_mlp", build)
+    return build
+
+
+def _weights(model: torch.nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_unstructured_at_zero_keeps_every_weight_and_prunes_exactly_at_ninety(untrained_mlp):
+    dense = untrained_mlp("digits", 0)
+    kept = prune_sweeps.unstructured(MLP_KEY, "digits", 0, "layer", 0.0, 1, 3e-3)
+    assert kept["nonzero"] == measure.count_params(dense)
+    assert kept["bytes_dense"] == sparse.sparse_model_bytes(dense, "dense")
+    assert kept["bytes_auto"] <= kept["bytes_dense"] < kept["bytes_bitmask"]
+    assert 0.0 <= kept["acc_pruned"] <= 1.0 and 0.0 <= kept["acc"] <= 1.0
+
+    pruned = prune_sweeps.unstructured(MLP_KEY, "digits", 0, "global", 0.9, 1, 3e-3)
+    removed = round(0.9 * _weights(dense))  # torch's global_unstructured count; biases stay
+    assert pruned["nonzero"] == measure.count_params(dense) - removed
+    assert pruned["bytes_auto"] < kept["bytes_auto"] / 4  # the zeros are left out of the file
+
+
+def test_structured_shrinks_the_hidden_layers_by_the_fraction(untrained_mlp, monkeypatch):
+    trained = []
+
+    def fake_train(dataset, seed, config=None):  # the from-scratch baseline, without 20 epochs
+        trained.append(config)
+        return models.build("mlp", config).eval()
+
+    monkeypatch.setattr(prune_sweeps, "train_mlp", fake_train)
+    dense_hidden = models.RECIPES[("mlp", "digits")].config.hidden  # (300, 100)
+    r = prune_sweeps.structured(MLP_KEY, "digits", 1, 0.75, 1, 3e-3)
+    assert r["hidden"] == [h - round(0.75 * h) for h in dense_hidden] == [75, 25]
+    small = models.build("mlp", trained[0])
+    assert list(trained[0].hidden) == r["hidden"]  # the baseline has the pruned shape
+    assert r["params"] == measure.count_params(small)
+    assert r["bytes"] == sparse.sparse_model_bytes(small, "dense")
+
+
+def test_ticket_returns_the_lottery_accuracies():
+    r = prune_sweeps.ticket(MLP_KEY, "digits", 0, 0.9, 1, 1, 3e-3)
+    assert set(r) == {"dense", "rewind", "random", "sparsity"}
+    assert r["sparsity"] == pytest.approx(0.9, abs=0.01)
+
+
+def test_dense_mlp_trains_once_then_loads_the_same_weights(tmp_data, monkeypatch):
+    calls = []
+
+    def fake_train(dataset, seed, config=None):
+        calls.append(seed)
+        torch.manual_seed(seed)
+        return models.build("mlp", models.RECIPES[("mlp", dataset)].config).eval()
+
+    monkeypatch.setattr(prune_sweeps, "train_mlp", fake_train)
+    prune_sweeps.dense_mlp.cache_clear()
+    try:
+        first = prune_sweeps.dense_mlp("digits", 1)
+        prune_sweeps.dense_mlp.cache_clear()  # a new process: only the disk cache is left
+        again = prune_sweeps.dense_mlp("digits", 1)
+        assert calls == [1]
+        for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+            assert torch.equal(a, b)
+        (path,) = (tmp_data / "cache" / "prune").glob("mlp-digits-seed1-*.pt")
+        path.write_bytes(b"not a checkpoint")  # a corrupt file is retrained, not trusted
+        prune_sweeps.dense_mlp.cache_clear()
+        prune_sweeps.dense_mlp("digits", 1)
+        assert calls == [1, 1]
+    finally:
+        prune_sweeps.dense_mlp.cache_clear()
+
+
+def test_wrappers_pass_name_version_and_jobs_and_keep_point_order(monkeypatch):
+    seen = []
+
+    def fake_run(fn, points, **kw):
+        seen.append((fn, points, kw))
+        return [{**p, "result": p.get("seed", 0) * 100 + p["amount"]} for p in points]
+
+    monkeypatch.setattr(sweep, "run", fake_run)
+    points = prune_sweeps.course_points()["structured"]
+    records = prune_sweeps.structured_sweep(points, jobs=2)
+    assert [{k: r[k] for k in points[0]} for r in records] == points  # order of the input
+    assert all(r["result"] == r["seed"] * 100 + r["amount"] for r in records)
+    fn, ran, kw = seen[0]
+    assert fn is prune_sweeps.structured and sorted(ran, key=points.index) == points
+    assert kw == {"name": "prune-structured", "version": MLP_KEY, "progress": None, "jobs": 2}
+    assert {p["seed"] for p in ran[:3]} == {0, 1, 2}  # workers start on different seeds
+    names = {}
+    for part in prune_sweeps.PARTS:
+        records = prune_sweeps.prepare([part])[part]
+        names[part] = seen[-1][2]["name"]
+        assert len(records) == len(prune_sweeps.course_points()[part])
+    assert names == {
+        "unstructured": "prune-unstructured",
+        "schedules": "prune-schedules",
+        "lottery": "prune-lottery",
+        "structured": "prune-structured",
+        "vit": "prune-vit",
+    }
+    assert seen[-1][2]["version"] == VIT_KEY and seen[-1][2]["jobs"] == 1
+
+
+def test_run_functions_can_go_to_worker_processes():
+    for fn in (
+        prune_sweeps.unstructured,
+        prune_sweeps.schedules,
+        prune_sweeps.ticket,
+        prune_sweeps.structured,
+        prune_sweeps.surgery,
+    ):
+        sweep._check_importable(fn)  # raises for closures, lambdas and notebook functions
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "points", "match"),
+    [
+        (prune_sweeps.unstructured_sweep, {"seed": 0}, "points must be a list"),
+        (prune_sweeps.unstructured_sweep, [{"seed": 0}], "keys key, dataset, seed"),
+        (prune_sweeps.vit_sweep, [dict(key="x", change="heads", amount=1, epochs=1, lr=1)], "key"),
+        (prune_sweeps.structured_sweep, "course_points", "dataset must be one of"),
+        (prune_sweeps.unstructured_sweep, "scope", "scope must be one of"),
+    ],
+)
+def test_bad_points_raise_one_line_value_errors(monkeypatch, wrapper, points, match):
+    monkeypatch.setattr(sweep, "run", lambda *a, **k: pytest.fail("ran before checking"))
+    if points == "course_points":
+        points = [{**prune_sweeps.course_points()["structured"][0], "dataset": "cifar"}]
+    elif points == "scope":
+        points = [{**prune_sweeps.course_points()["unstructured"][0], "scope": "row"}]
+    with pytest.raises(ValueError, match=match) as err:
+        wrapper(points)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_jobs_and_parts_raise():
+    with pytest.raises(ValueError, match="jobs"):
+        prune_sweeps.lottery_sweep(prune_sweeps.course_points()["lottery"], jobs=0)
+    with pytest.raises(ValueError, match="parts"):
+        prune_sweeps.prepare(["nosuch"])
+
+
+def _assigned(stmt: ast.stmt) -> set[str]:
+    if isinstance(stmt, ast.Assign):
+        return {t.id for t in stmt.targets if isinstance(t, ast.Name)}
+    if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
+        return {stmt.target.id}
+    return set()
+
+
+def _notebook_points() -> tuple[dict, dict[str, list[dict]]]:
+    """The parameters cell, and the points each ``prune_sweeps.*_sweep(points, ...)`` call of the
+    notebook receives: the statements that build ``points`` (and the keys) are run in order."""
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params: dict = {"labkit": labkit}
+    exec(cell.source, params)
+    depth = models.RECIPES[("vit", "digits")].config.depth
+    vit = SimpleNamespace(blocks=[None] * depth)  # the notebook reads only len(vit.blocks)
+    scope = {**params, "sweep": sweep, "models": models, "vit": vit}
+    found: dict[str, list[dict]] = {}
+    for c in nb.cells:
+        if c.cell_type != "code" or c.source.startswith("%"):
+            continue
+        wanted = {"mlp_key", "vit_key"} | ({"points"} if "prune_sweeps." in c.source else set())
+        for stmt in ast.parse(c.source).body:
+            if _assigned(stmt) & wanted:
+                exec(compile(ast.Module([stmt], []), str(NOTEBOOK), "exec"), scope)
+            for node in ast.walk(stmt):
+                func = getattr(node, "func", None)
+                if isinstance(func, ast.Attribute) and func.attr.endswith("_sweep"):
+                    found[func.attr.removesuffix("_sweep")] = scope["points"]
+    return params, found
+
+
+def test_notebook_grids_are_the_prepared_sweeps():
+    """labkit prepare computes course_points(); the notebook must ask for exactly those points."""
+    params, found = _notebook_points()
+    assert set(found) == set(prune_sweeps.PARTS)
+    course = prune_sweeps.course_points()
+    for part in prune_sweeps.PARTS:
+        assert found[part] == course[part], part
+    from_params = prune_sweeps.course_points(
+        params["DATASET"], params["SEEDS"], params["AMOUNTS"], params["FT_EPOCHS"],
+        params["FT_LR"], params["CHANNEL_AMOUNTS"],
+    )  # fmt: skip
+    assert from_params == course
+    assert "JOBS" in params
