@@ -2,7 +2,7 @@
 
 Examples:
     labkit doctor            # is this environment ready for the course?
-    labkit prepare           # train and cache the models and sweeps notebooks read (~4 min)
+    labkit prepare           # train and cache the models and sweeps notebooks read (~6 min cold)
     labkit release notebooks/*.ipynb -o release/
 """
 
