@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+import torch
 
 # Fixture notebooks are inputs to the grading tests, not course notebooks for nbval to run.
 collect_ignore_glob = ["fixtures/*"]
@@ -28,6 +29,15 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", blocked)
     monkeypatch.setattr(socket, "getaddrinfo", blocked)
     yield attempts
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train fastest on one thread, and a shared machine is not oversubscribed."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture

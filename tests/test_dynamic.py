@@ -12,14 +12,7 @@ from torch import nn
 from labkit import dynamic, measure
 from labkit.models import CNN1d, CNN1dConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared machine is not oversubscribed."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 CONFIG = CNN1dConfig(channels=(8, 12, 16))

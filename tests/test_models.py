@@ -10,14 +10,7 @@ import torch.nn.functional as F
 
 from labkit import data, models, train, utils
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and a shared 2-core box stays responsive)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def tiny_array_data(input_shape, n=40, num_classes=3, seed=0):

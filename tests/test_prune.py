@@ -11,14 +11,7 @@ from torch.nn.utils import prune as torch_prune
 
 from labkit import measure, prune
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and a shared machine is not oversubscribed."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:

@@ -17,13 +17,7 @@ VIT_KEY = models.cache_key("vit", "digits")
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_pruning.ipynb"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and a shared machine is not oversubscribed."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture

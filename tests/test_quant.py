@@ -356,15 +356,6 @@ def test_weight_only_needs_no_calibration_data():
         assert torch.equal(qmodel(X), ref)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train faster on one thread (and do not fight parallel test workers)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_qat_recovers_accuracy_lost_by_ptq(one_thread):
     from labkit import data, train
 
