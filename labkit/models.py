@@ -67,6 +67,7 @@ __all__ = [
     "is_cached",
     "pretrained",
     "pretrained_info",
+    "train_recipe",
     "prepare",
 ]
 
@@ -844,8 +845,12 @@ def _num_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _train_entry(name: str, dataset: str, recipe: Recipe, progress: bool | None) -> tuple:
-    """Train on CPU from the recipe; return (model, metrics)."""
+def train_recipe(recipe: Recipe, dataset: str, progress: bool | None = None) -> nn.Module:
+    """A fresh model trained on CPU by ``recipe`` on ``dataset`` (seeded init and batch order),
+    in eval mode; nothing is cached. ``pretrained`` uses it; so do experiments that need the same
+    recipe with another seed or architecture.
+    Example: ``train_recipe(dataclasses.replace(RECIPES[("mlp", "digits")], seed=1), "digits")``
+    """
     from labkit import data as data_mod
     from labkit import train as train_mod
 
@@ -853,23 +858,33 @@ def _train_entry(name: str, dataset: str, recipe: Recipe, progress: bool | None)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(recipe.seed)
         model = _from_config(recipe.config)
-    start = time.perf_counter()
+    common = dict(
+        lr=recipe.lr,
+        batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay,
+        optimizer=recipe.optimizer,
+        schedule=recipe.schedule,
+        seed=recipe.seed,
+        device="cpu",
+        progress=progress,
+    )
     if hasattr(data, "X_train"):
-        train_mod.fit(
-            model,
-            data,
-            num_epochs=recipe.num_epochs,
-            lr=recipe.lr,
-            batch_size=recipe.batch_size,
-            weight_decay=recipe.weight_decay,
-            optimizer=recipe.optimizer,
-            schedule=recipe.schedule,
-            seed=recipe.seed,
-            device="cpu",
-            val=False,
-            progress=progress,
-        )
-        seconds = time.perf_counter() - start
+        train_mod.fit(model, data, num_epochs=recipe.num_epochs, val=False, **common)
+    else:
+        train_mod.fit_lm(model, data, steps=recipe.steps or 1000, **common)
+    return model.eval()
+
+
+def _train_entry(name: str, dataset: str, recipe: Recipe, progress: bool | None) -> tuple:
+    """Train on CPU from the recipe; return (model, metrics)."""
+    from labkit import data as data_mod
+    from labkit import train as train_mod
+
+    data = data_mod.load(dataset, **dict(recipe.data_args))
+    start = time.perf_counter()
+    model = train_recipe(recipe, dataset, progress)
+    seconds = time.perf_counter() - start
+    if hasattr(data, "X_train"):
         val = train_mod.evaluate(model, data, split="val", device="cpu")
         test = train_mod.evaluate(model, data, split="test", device="cpu")
         metrics = {
@@ -879,20 +894,6 @@ def _train_entry(name: str, dataset: str, recipe: Recipe, progress: bool | None)
             "test_loss": test["loss"],
         }
     else:
-        train_mod.fit_lm(
-            model,
-            data,
-            steps=recipe.steps or 1000,
-            batch_size=recipe.batch_size,
-            lr=recipe.lr,
-            weight_decay=recipe.weight_decay,
-            optimizer=recipe.optimizer,
-            schedule=recipe.schedule,
-            seed=recipe.seed,
-            device="cpu",
-            progress=progress,
-        )
-        seconds = time.perf_counter() - start
         val = train_mod.evaluate_lm(model, data, split="val", device="cpu")
         metrics = {"val_loss": val["loss"], "val_ppl": val["ppl"]}
     metrics["train_seconds"] = round(seconds, 3)

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -69,24 +70,8 @@ def train_mlp(dataset: str, seed: int, config: models.MLPConfig | None = None) -
     Example: ``model = train_mlp("digits", seed=1)``
     """
     recipe = models.RECIPES[("mlp", dataset)]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = models.build("mlp", config or recipe.config)
-    train.fit(
-        model,
-        data.load(dataset, **dict(recipe.data_args)),
-        num_epochs=recipe.num_epochs,
-        lr=recipe.lr,
-        batch_size=recipe.batch_size,
-        weight_decay=recipe.weight_decay,
-        optimizer=recipe.optimizer,
-        schedule=recipe.schedule,
-        seed=seed,
-        device="cpu",
-        val=False,
-        progress=False,
-    )
-    return model.eval()
+    recipe = dataclasses.replace(recipe, seed=seed, config=config or recipe.config)
+    return models.train_recipe(recipe, dataset, progress=False)
 
 
 @functools.cache

@@ -217,3 +217,11 @@ def test_notebook_grids_are_the_prepared_sweeps():
     )  # fmt: skip
     assert from_params == course
     assert "JOBS" in params
+
+
+def test_train_mlp_at_the_recipe_seed_reproduces_the_pretrained_model():
+    """Both go through models.train_recipe: the dense baselines of all seeds share one recipe."""
+    seed = models.RECIPES[("mlp", "digits")].seed
+    fresh, cached = prune_sweeps.train_mlp("digits", seed), models.pretrained("mlp", "digits")
+    for key, value in cached.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
