@@ -11,12 +11,14 @@ STAMP  := $(VENV)/.installed
 ROOT_FLAG := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 JOBS   ?= 2
 
-.PHONY: lab test install prepare lint fmt unit notebooks doctor workbooks clean-cache help
+.PHONY: lab test install prepare lint fmt unit notebooks doctor workbooks clean-cache help browser-test bench
 
 help:
 	@echo "make lab    - set up, build the model cache, launch JupyterLab on notebooks/"
 	@echo "make test   - set up, build the model cache, run lint + unit tests + notebooks"
 	@echo "make doctor | prepare | lint | fmt | unit | notebooks | workbooks | clean-cache"
+	@echo "make browser-test - notebook widgets in JupyterLab + headless Chromium (docs/browser-test.md)"
+	@echo "make bench  - run the whole course from a cold cache; regenerate the README figures table"
 
 install: $(STAMP)
 
@@ -46,7 +48,7 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(PY) -m ruff format labkit tests notebooks
 	$(PY) -m ruff check --fix labkit tests notebooks
-	$(VENV)/bin/nbstripout notebooks/[0-9]*.ipynb
+	$(VENV)/bin/nbstripout --extra-keys metadata.widgets notebooks/[0-9]*.ipynb
 
 unit: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --dist loadfile tests
@@ -56,6 +58,27 @@ notebooks: prepare
 
 test: prepare lint
 	$(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax tests notebooks
+
+# The widgets in a real browser: JupyterLab on loopback driven in Debian's chromium by playwright
+# (never a browser download). `make test` runs the same test too, but skips it without chromium;
+# here (and in CI) LABKIT_BROWSER_TEST=1 turns a missing browser into a failure.
+CHROMIUM ?= /usr/bin/chromium
+
+browser-test: prepare
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; \
+	  else \
+	    echo "$(CHROMIUM) is missing; install it with:  sudo apt-get install -y chromium"; \
+	    echo "(or point CHROMIUM=/path/to/chromium at another Chromium build)"; exit 1; \
+	  fi; \
+	fi
+	LABKIT_BROWSER_TEST=1 LABKIT_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -p no:xdist -m browser tests/test_browser.py
+
+# The course figures: labkit prepare on an empty data folder, then every notebook headless, timed;
+# writes docs/bench.json and the README table. Run it on an otherwise idle machine.
+bench: $(STAMP)
+	$(PY) -m labkit bench --cold
 
 clean-cache:
 	rm -rf data/cache

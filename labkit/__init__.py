@@ -37,6 +37,8 @@ _SUBMODULES = (
     "lowbit",
     "dynamic",
     "condense",
+    "bench",
+    "capstone",
     "course",
     "grading",
     "utils",

@@ -2,7 +2,7 @@
 
 Examples:
     labkit doctor            # is this environment ready for the course?
-    labkit prepare           # train and cache the models and sweeps notebooks read (~6 min cold)
+    labkit prepare           # train and cache the models and sweeps notebooks read (~3 min cold)
     labkit release notebooks/*.ipynb -o release/
 """
 
@@ -201,6 +201,28 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from labkit import bench
+
+    partial = bool(args.notebooks)
+
+    def report(record: dict) -> None:
+        claimed = ", ".join(
+            f"{c['key']}={c['fmt'].format(c['value'])}" for c in record.get("claims", [])
+        )
+        print(f"{record['notebook']}: {record['seconds']:.1f} s  {claimed}".rstrip(), flush=True)
+
+    result = bench.run(args.notebooks or None, cold=args.cold, report=report)
+    print(f"total {result['total_seconds']:.1f} s")
+    if partial:
+        print("(a partial run: docs/bench.json and the README table are left as they are)")
+        return 0
+    bench.save(result, args.json)
+    changed = bench.update_readme(args.readme, bench.render_table(result))
+    print(f"wrote {args.json}; README table {'updated' if changed else 'unchanged'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser behind ``labkit``."""
     from labkit import __version__
@@ -225,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes (default: CPU cores, at most 2; env LABKIT_JOBS)",
     )
     p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser(
+        "bench", help="run every notebook headless; write runtimes and headline figures to README"
+    )
+    p.add_argument("notebooks", nargs="*", help="only these notebook files (nothing is written)")
+    p.add_argument(
+        "--cold", action="store_true", help="first run labkit prepare on an empty data folder"
+    )
+    p.add_argument("--json", default="docs/bench.json", help="where the result goes")
+    p.add_argument("--readme", default="README.md", help="file holding the bench table markers")
+    p.set_defaults(func=_cmd_bench)
 
     try:
         grading = importlib.import_module("labkit.grading")

@@ -56,7 +56,7 @@ def _course_steps() -> list[Step]:
             "labkit.distill:prepare",
             {"parts": [part]},
             needs=("model:gpt/pydoc",) if part == "gpt" else (teacher, "distill:transfer"),
-            cost={"main": 45.0, "temperature": 30.0, "width": 25.0, "gpt": 20.0}[part],
+            cost={"main": 45.0, "temperature": 9.0, "width": 19.0, "gpt": 20.0}[part],
         )
         for part in ("main", "temperature", "width", "gpt")
     ]
@@ -72,7 +72,7 @@ def _course_steps() -> list[Step]:
             "labkit.condense:prepare",
             {"parts": [part]},
             needs=("data:digits",),
-            cost={"main": 30.0, "augment": 12.0}[part],
+            cost={"main": 17.0, "augment": 6.0}[part],
         )
         for part in ("main", "augment")
     ]
@@ -90,7 +90,7 @@ def _course_steps() -> list[Step]:
             ("weighted", 8.0),
             ("static", 8.0),
             ("slim", 10.0),
-            ("moe", 19.0),
+            ("moe", 13.0),
         )
     ]
     first = "prune:unstructured"  # trains and saves the seed-1 and seed-2 MLPs the others reuse
@@ -103,14 +103,20 @@ def _course_steps() -> list[Step]:
             cost=cost,
         )
         for part, needs, cost in (
-            ("unstructured", ("model:mlp/digits",), 32.0),
-            ("schedules", ("model:mlp/digits", first), 12.0),
-            ("structured", ("model:mlp/digits", first), 25.0),
-            ("lottery", ("data:digits",), 28.0),
+            ("unstructured", ("model:mlp/digits",), 20.0),
+            ("schedules", ("model:mlp/digits", first), 4.0),
+            ("structured", ("model:mlp/digits", first), 10.0),
+            ("lottery", ("data:digits",), 10.0),
             ("vit", ("model:vit/digits",), 9.0),
         )
     ]
-    return [transfer, *distill, *prune, *dynamic, *condense]
+    capstone = Step(
+        "capstone",
+        "labkit.capstone:prepare",
+        needs=("model:cnn1d/mnist1d", "model:mlp/mnist1d", "distill:transfer"),
+        cost=15.0,
+    )
+    return [transfer, *distill, *prune, *dynamic, *condense, capstone]
 
 
 def steps(only: Sequence[str] | None = None) -> list[Step]:

@@ -905,12 +905,12 @@ def pretrained_moe(
     hidden: int = 64,
     balance: float = 0.01,
     dataset: str = "mnist1d",
-    num_epochs: int = 5,
+    num_epochs: int = 4,
     seed: int = 0,
 ) -> nn.Sequential:
     """``Sequential(stem, head)``: the first block of :func:`pretrained_static` (seed 0, frozen)
     turns a signal into tokens, a :class:`MoEHead` trained on them classifies (Adam 1e-2, cosine,
-    batch 256; cached). The frozen stem makes the features cheap to compute once.
+    batch 256, ``num_epochs``; cached). The frozen stem makes the features cheap to compute once.
 
     Example: ``model = pretrained_moe(n_experts=8, top_k=2); model.head.moe.load``
     """
@@ -960,14 +960,17 @@ COURSE: dict[str, Any] = {
         0.999,
     ),
     "widths": (0.25, 0.5, 0.75, 1.0),
+    "slim_epochs": 5,
     "static_widths": (0.25, 0.5, 1.0),
-    "moe": ((1, 1), (4, 1), (8, 1), (4, 2), (8, 2)),
+    "moe": ((1, 1), (4, 1), (8, 1), (8, 2)),
     "moe_hidden": 64,
+    "moe_epochs": 4,
     "balance": 0.01,
 }
 """What notebook 06 shows and :func:`prepare` computes: exit models per seed with a threshold
-curve each, slimmable and static widths, and MoE (experts, top-k) points plus a dense layer of
-the same total size and an 8-expert run without the balancing loss."""
+curve each, slimmable (trained ``slim_epochs`` on top of the plain CNN) and static widths, and
+MoE (experts, top-k) points plus a dense layer of the same total size and an 8-expert run
+without the balancing loss, each trained ``moe_epochs``."""
 
 
 def _sweep_version() -> str:
@@ -1019,7 +1022,8 @@ def width_run(method: str, width: float, seed: int = 0) -> dict[str, Any]:
     check_choice("method", method, ("slimmable", "static"))
     ds = data.load("mnist1d")
     if method == "slimmable":
-        model = pretrained_slimmable(COURSE["widths"], seed=seed).at_width(width)
+        slim = pretrained_slimmable(COURSE["widths"], num_epochs=COURSE["slim_epochs"], seed=seed)
+        model = slim.at_width(width)
     else:
         channels = tuple(_width_channels(c, width) for c in EXIT_CONFIG.channels)
         config = None if width == 1.0 else dataclasses.replace(EXIT_CONFIG, channels=channels)
@@ -1043,7 +1047,9 @@ def moe_run(
     from labkit import data, train
 
     ds = data.load("mnist1d")
-    model = pretrained_moe(n_experts, top_k, hidden, balance, seed=seed)
+    model = pretrained_moe(
+        n_experts, top_k, hidden, balance, num_epochs=COURSE["moe_epochs"], seed=seed
+    )
     macs = measure.macs(model, ds.X_test[:1])
     acc = train.evaluate(model, ds, device="cpu")["acc"]
     with torch.no_grad():
@@ -1123,7 +1129,7 @@ def prepare(
     """Compute (or verify cached) the sweeps notebook 06 shows, at its default parameters.
 
     ``parts``: some of :data:`PARTS` (default: all; ``slim`` and ``moe`` train the ``plain`` CNN
-    first if it is not cached). Part of ``labkit prepare``; cold, all parts take about 60 s of
+    first if it is not cached). Part of ``labkit prepare``; cold, all parts take about 45 s of
     CPU time (one thread), instant when cached. Returns the records of each part.
     Example: ``records = prepare(["moe"])["moe"]``
     """

@@ -416,3 +416,29 @@ def test_a_run_shared_by_two_sweeps_is_cached_once(monkeypatch):
     assert any(p in main for p in temperature)  # T=2, alpha=0.9 is the main sweep's setting
     with pytest.raises(ValueError, match="parts"):
         distill.prepare(["nosuch"])
+
+
+def test_prepare_parts_train_every_course_point_exactly_once(monkeypatch):
+    """labkit prepare runs the parts in separate processes: main keeps the runs it shares with the
+    temperature and width sweeps, so no run is trained twice and none is left out."""
+    calls: dict[str, list[dict]] = {}
+
+    def fake(name):
+        return lambda points, progress=None: calls.setdefault(name, []).extend(points) or []
+
+    monkeypatch.setattr(distill, "mnist1d_sweep", fake("mnist1d"))
+    monkeypatch.setattr(distill, "gpt_sweep", fake("gpt"))
+    for part in distill.PARTS:
+        distill.prepare([part])
+    course = distill.course_points()
+    assert calls["gpt"] == course["gpt"]
+
+    def key(point):
+        return tuple(sorted(distill._spelled_out(point).items()))
+
+    trained = [key(p) for p in calls["mnist1d"]]
+    wanted = {key(p) for part in ("main", "temperature", "width") for p in course[part]}
+    assert len(trained) == len(set(trained)), "a shared run is trained by two parts"
+    assert set(trained) == wanted
+    assert distill.prepare(["main"]) == {"main": []}  # main alone still computes all its points
+    assert len(calls["mnist1d"]) == len(trained) + len(course["main"])

@@ -462,6 +462,18 @@ def test_course_parts_cover_every_point_once():
         dynamic.prepare(["nope"])
 
 
+def test_course_epochs_are_the_defaults_the_notebook_uses():
+    """Notebook 06 calls ``pretrained_slimmable()`` with its defaults: they must load the model the
+    sweep cached, not train another one."""
+    import inspect
+
+    for name, fn in (
+        ("slim_epochs", dynamic.pretrained_slimmable),
+        ("moe_epochs", dynamic.pretrained_moe),
+    ):
+        assert inspect.signature(fn).parameters["num_epochs"].default == dynamic.COURSE[name], name
+
+
 class _Mnist1dShape:  # what models.config_for reads from a dataset
     input_shape = (1, 40)
     num_classes = 10

@@ -47,6 +47,7 @@ def test_there_are_course_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_is_committed_clean(path):
     nb = json.loads(path.read_text())
+    assert "widgets" not in nb["metadata"], "saved widget state is run output: strip it"
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code":
             continue
