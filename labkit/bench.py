@@ -145,10 +145,9 @@ def _machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    from labkit.course import usable_cores
+
+    cores = usable_cores()
     return {
         "cpu": cpu,
         "cores": cores,

@@ -238,10 +238,7 @@ def _read_cache(path: Path) -> tuple[dict | None, dict | None]:
     if not path.exists():
         return None, None
     try:
-        info = json.loads(path.with_name(path.name + ".json").read_text())
-        if info.get("sha256") != utils.sha256_file(path):
-            raise ValueError("sha256 does not match the sidecar")
-        return torch.load(path, map_location="cpu", weights_only=True), info
+        return utils.load_verified(path)
     except Exception as err:  # noqa: BLE001 - any unreadable cache means retrain
         warnings.warn(
             f"labkit: cached pipeline {path.name} is unusable ({err}); retraining", stacklevel=3
@@ -273,9 +270,7 @@ def pipeline(config: PipelineConfig | None = None, progress: bool | None = None)
     states, info = _read_cache(path)
     if states is None:
         states, seconds = train_stages(teacher, ds, _transfer(), config, progress)
-        sha = utils.atomic_torch_save(states, path)
-        info = {"key": key, "sha256": sha, "cpu_seconds": seconds}
-        utils.atomic_write_bytes(path.with_name(path.name + ".json"), json.dumps(info).encode())
+        info = utils.save_verified(states, path, {"key": key, "cpu_seconds": seconds})
     student, pruned = _student(teacher, config), _student(teacher, config)
     student.load_state_dict(states["distilled"])
     pruned.load_state_dict(states["pruned"])

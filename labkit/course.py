@@ -26,7 +26,7 @@ from typing import Any
 
 from labkit.utils import check_int
 
-__all__ = ["Step", "steps", "prepare", "default_jobs"]
+__all__ = ["Step", "steps", "prepare", "default_jobs", "usable_cores"]
 
 
 @dataclass(frozen=True)
@@ -158,11 +158,15 @@ def default_jobs() -> int:
     env = os.environ.get("LABKIT_JOBS")
     if env:
         return check_int("LABKIT_JOBS", int(env) if env.isdigit() else env, minimum=1)
+    return max(1, min(2, usable_cores()))
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on. Example: ``usable_cores()  # 2 on a 2-core laptop``"""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(2, cores))
+        return os.cpu_count() or 1
 
 
 def _prepare_model(name: str, dataset: str, progress: bool | None = None) -> dict:

@@ -816,16 +816,15 @@ def _read_verified(path: Path, recipe: Recipe) -> tuple[nn.Module | None, dict |
     if not path.exists():
         return None, None, ""
     try:
-        info = json.loads(_sidecar(path).read_text())
+        state, info = utils.load_verified(path)
         if info.get("key") != path.name.rsplit("-", 1)[1][: -len(".pt")]:
             return None, None, "sidecar key does not match the file name"
-        if info.get("sha256") != utils.sha256_file(path):
-            return None, None, "sha256 does not match the sidecar"
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model = _from_config(recipe.config)
         model.load_state_dict(state)
     except FileNotFoundError:
         return None, None, "the .json sidecar is missing"
+    except ValueError as err:
+        return None, None, str(err)
     except Exception as err:  # noqa: BLE001 - any unreadable cache means retrain
         return None, None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return model.eval(), info, ""
@@ -916,19 +915,17 @@ def _get(
                 f"labkit: cached model {path.name} is unusable ({why}); retraining", stacklevel=3
             )
     model, metrics = _train_entry(name, dataset, recipe, progress)
-    sha = utils.atomic_torch_save(model.state_dict(), path)
     info = {
         "name": name,
         "dataset": dataset,
         "key": path.name.rsplit("-", 1)[1][: -len(".pt")],
-        "sha256": sha,
         "metrics": metrics,
         "config": {"__type__": type(recipe.config).__name__, **dataclasses.asdict(recipe.config)},
         "recipe": {k: v for k, v in dataclasses.asdict(recipe).items() if k != "config"},
         "train_version": TRAIN_VERSION,
         "torch_version": torch.__version__,
     }
-    utils.atomic_write_bytes(_sidecar(path), json.dumps(info, indent=1, default=list).encode())
+    info = utils.save_verified(model.state_dict(), path, info)
     return model, info, False
 
 

@@ -34,6 +34,8 @@ __all__ = [
     "cache_dir",
     "atomic_write_bytes",
     "atomic_torch_save",
+    "save_verified",
+    "load_verified",
     "sha256_bytes",
     "sha256_file",
     "stable_hash",
@@ -135,6 +137,32 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
     payload = buf.getvalue()
     atomic_write_bytes(path, payload)
     return sha256_bytes(payload)
+
+
+def _sidecar(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def save_verified(obj: Any, path: str | os.PathLike, info: dict) -> dict:
+    """``torch.save`` ``obj`` to ``path`` atomically, then its JSON sidecar (``path`` + ``.json``):
+    ``info`` plus the file's ``sha256``, which :func:`load_verified` checks. Returns the sidecar.
+    Example: ``save_verified(model.state_dict(), "m.pt", {"key": "abc"})``
+    """
+    sidecar = {**info, "sha256": atomic_torch_save(obj, path)}
+    atomic_write_bytes(_sidecar(path), json.dumps(sidecar, indent=1, default=list).encode())
+    return sidecar
+
+
+def load_verified(path: str | os.PathLike) -> tuple[Any, dict]:
+    """``(object, sidecar)`` written by :func:`save_verified`; ``FileNotFoundError`` when a file
+    is missing, ``ValueError`` when the sha256 does not match.
+    Example: ``state, info = load_verified("m.pt")``
+    """
+    info = json.loads(_sidecar(path).read_text())
+    if info.get("sha256") != sha256_file(path):
+        raise ValueError("sha256 does not match the sidecar")
+    return torch.load(path, map_location="cpu", weights_only=True), info
 
 
 def sha256_bytes(payload: bytes) -> str:

@@ -115,3 +115,19 @@ def test_data_dir_honours_env(tmp_data):
     assert utils.data_dir() == tmp_data
     assert utils.cache_dir("models") == tmp_data / "cache" / "models"
     assert (tmp_data / "cache" / "models").is_dir()
+
+
+def test_save_verified_round_trip_and_tamper_detection(tmp_path):
+    path = tmp_path / "obj.pt"
+    info = utils.save_verified({"w": torch.arange(4.0)}, path, {"key": "k1"})
+    assert info["key"] == "k1" and info["sha256"] == utils.sha256_file(path)
+    obj, read = utils.load_verified(path)
+    assert torch.equal(obj["w"], torch.arange(4.0)) and read == info
+    payload = bytearray(path.read_bytes())
+    payload[-1] ^= 0xFF  # one byte changed
+    path.write_bytes(bytes(payload))
+    with pytest.raises(ValueError, match="sha256 does not match"):
+        utils.load_verified(path)
+    (tmp_path / "obj.pt.json").unlink()
+    with pytest.raises(FileNotFoundError):
+        utils.load_verified(path)
