@@ -42,6 +42,7 @@ _SUBMODULES = (
     "course",
     "grading",
     "utils",
+    "kernels",
     "cli",
 )
 

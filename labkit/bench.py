@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from labkit import kernels
 from labkit.utils import atomic_write_bytes, check_int
 
 __all__ = [
@@ -37,6 +38,9 @@ __all__ = [
     "update_readme",
     "table_in",
     "save",
+    "spread",
+    "combine",
+    "ZOO_TOLERANCE",
     "BEGIN",
     "END",
 ]
@@ -147,22 +151,29 @@ def _machine() -> dict[str, Any]:
         pass
     from labkit.course import usable_cores
 
-    cores = usable_cores()
     return {
         "cpu": cpu,
-        "cores": cores,
+        "cores": usable_cores(),
         "python": platform.python_version(),
         "torch": torch.__version__.split("+")[0],
     }
 
 
-def _prepare_cold(data: Path) -> float:
-    """``labkit prepare`` in a fresh process on an empty data folder; its wall seconds."""
-    env = {**os.environ, "LABKIT_DATA": str(data), "LABKIT_PROGRESS": "0"}
+def _capability(env: dict[str, str]) -> str:
+    """The CPU capability torch dispatches to in a new process with ``env`` (e.g. ``AVX2``)."""
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def _prepare_cold(env: dict[str, str]) -> float:
+    """``labkit prepare`` in a new process with ``env`` (an empty ``LABKIT_DATA``); wall seconds."""
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "labkit", "prepare", "-q"],
-        env=env,
+        env={**env, "LABKIT_PROGRESS": "0"},
         check=True,
         stdout=subprocess.DEVNULL,
         cwd=ROOT,
@@ -170,28 +181,56 @@ def _prepare_cold(data: Path) -> float:
     return round(time.perf_counter() - start, 1)
 
 
+_ZOO_METRICS = {"test_acc", "val_loss"}  # the headline metric of each entry, if it has it
+
+_ZOO_PROBE = """
+import json
+from labkit import models
+print(json.dumps({
+    f"{n}/{d}": {k: v for k, v in models.pretrained_info(n, d)["metrics"].items() if k in KEYS}
+    for n, d in sorted(models.RECIPES)
+}))
+"""
+
+
+def _zoo(env: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Each pretrained entry's headline metrics (test accuracy or validation loss), as cached
+    under ``env``'s ``LABKIT_DATA``."""
+    code = f"KEYS = {sorted(_ZOO_METRICS)!r}\n{_ZOO_PROBE}"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return json.loads(out.stdout)
+
+
 def run(
     notebooks: Sequence[str | os.PathLike] | None = None,
     cold: bool = False,
     timeout: int = 900,
     report: Callable[[dict], None] | None = None,
+    kernel_set: str = "native",
 ) -> dict[str, Any]:
     """Run ``notebooks`` (default: the whole course) one after another and return the bench
-    result: ``machine``, ``date``, ``prepare_seconds`` (only with ``cold``: ``labkit prepare`` on an
-    empty data folder first, which the notebooks then use), ``notebooks`` (one record per notebook)
-    and ``total_seconds``. ``report(record)`` is called after each notebook.
+    result: ``machine`` (CPU, cores, Python, torch, ``kernel_set`` and the ``capability`` torch
+    dispatched to), ``date``, ``prepare_seconds`` and ``zoo`` (only with ``cold``: ``labkit
+    prepare`` on an empty data folder first, which the notebooks then use; ``zoo`` holds each
+    pretrained entry's headline metric), ``notebooks`` (one record per notebook) and
+    ``total_seconds``. ``kernel_set`` (see :mod:`labkit.kernels`) applies to prepare and every
+    notebook. ``report(record)`` is called after each step.
 
     Example: ``result = run(cold=True); update_readme("README.md", render_table(result))``
     """
     paths = [Path(p) for p in notebooks] if notebooks is not None else course_notebooks()
     if not paths:
         raise ValueError("notebooks must name at least one notebook; got none")
+    base = kernels.env(kernel_set)
     with tempfile.TemporaryDirectory(prefix="labkit-bench-data-") as tmp:
-        env: dict[str, str] = {}
-        prepare_seconds = None
+        env = dict(kernels.KERNEL_SETS[kernel_set])
+        prepare_seconds = zoo = None
         if cold:
-            prepare_seconds = _prepare_cold(Path(tmp))
             env["LABKIT_DATA"] = tmp
+            prepare_seconds = _prepare_cold({**base, **env})
+            zoo = _zoo({**base, **env})
             if report is not None:
                 report({"notebook": "labkit prepare (cold)", "seconds": prepare_seconds})
         records = []
@@ -201,33 +240,125 @@ def run(
             if report is not None:
                 report(record)
     total = sum(r["seconds"] for r in records) + (prepare_seconds or 0.0)
-    return {
-        "machine": _machine(),
+    machine = {**_machine(), "kernel_set": kernel_set, "capability": _capability(base)}
+    result = {
+        "machine": machine,
         "date": time.strftime("%Y-%m-%d"),
         "prepare_seconds": prepare_seconds,
         "notebooks": records,
         "total_seconds": round(total, 1),
     }
+    if zoo is not None:
+        result["zoo"] = zoo
+    return result
+
+
+ZOO_TOLERANCE = {"val_loss": 0.03, "test_acc": 0.01}
+"""How far a pretrained entry's headline metric may move between kernel sets: 0.03 nats/char for
+the language models, 1 point of test accuracy for the classifiers."""
+
+
+def spread(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Across bench results of several kernel sets: ``zoo`` (entry -> metric -> ``min``, ``max``,
+    ``spread``, ``within`` its ``ZOO_TOLERANCE``) and ``claims`` (notebook/key -> ``min``, ``max``).
+    Example: ``spread([run(cold=True, kernel_set=k) for k in ("native", "default")])``
+    """
+    zoo: dict[str, dict[str, dict[str, Any]]] = {}
+    for entry in sorted({e for r in results for e in r.get("zoo", {})}):
+        for metric, tol in ZOO_TOLERANCE.items():
+            values = [r["zoo"][entry][metric] for r in results if metric in r["zoo"].get(entry, {})]
+            if len(values) > 1:
+                lo, hi = min(values), max(values)
+                within = hi - lo <= tol + 1e-9
+                row = {"min": lo, "max": hi, "spread": hi - lo, "within": within}
+                zoo.setdefault(entry, {})[metric] = row
+    claims: dict[str, dict[str, float]] = {}
+    for r in results:
+        for nb in r["notebooks"]:
+            for c in nb["claims"]:
+                row = claims.setdefault(f"{nb['notebook']}/{c['key']}", {"values": []})
+                row["values"].append(c["value"])
+    for row in claims.values():
+        row["min"], row["max"] = min(row["values"]), max(row["values"])
+        del row["values"]
+    return {"zoo": zoo, "claims": claims}
 
 
 # --------------------------------------------------------------------------- the README table
 
 
-def _format(record: dict) -> str:
-    return f"{record['label']} {record['fmt'].format(record['value'])}"
+def _format(record: dict, across: dict[str, float] | None = None) -> str:
+    text = f"{record['label']} {record['fmt'].format(record['value'])}"
+    if across and across["min"] != across["max"]:
+        lo, hi = (record["fmt"].format(across[k]) for k in ("min", "max"))
+        text += f" ({lo} – {hi})"
+    return text
+
+
+def combine(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One bench result from runs on several kernel sets: the first run's result, plus
+    ``kernel_sets`` (each run's kernel set, capability, times, zoo metrics and claims) and
+    ``spread`` (see :func:`spread`). Example: ``combine([native_result, default_result])``
+    """
+    if not results:
+        raise ValueError("results must hold at least one bench result; got none")
+    out = dict(results[0])
+    out["kernel_sets"] = [
+        {
+            "kernel_set": r["machine"]["kernel_set"],
+            "capability": r["machine"]["capability"],
+            "prepare_seconds": r["prepare_seconds"],
+            "total_seconds": r["total_seconds"],
+            "zoo": {e: dict(m) for e, m in r.get("zoo", {}).items()},
+            "claims": {
+                nb["notebook"]: {c["key"]: c["value"] for c in nb["claims"]}
+                for nb in r["notebooks"]
+            },
+        }
+        for r in results
+    ]
+    out["spread"] = spread(results)
+    return out
+
+
+def _zoo_table(result: dict[str, Any]) -> list[str]:
+    sets = result["kernel_sets"]
+    names = [f"{k['kernel_set']} ({k['capability']})" for k in sets]
+    rows = [
+        "| pretrained entry | metric | " + " | ".join(names) + " | spread (allowed) |",
+        "| --- | --- | " + " | ".join("---:" for _ in sets) + " | ---: |",
+    ]
+    for entry, metrics in result["spread"]["zoo"].items():
+        for metric, row in metrics.items():
+            pct = metric.endswith("acc")
+            fmt = "{:.1%}" if pct else "{:.3f}"
+            values = " | ".join(fmt.format(k["zoo"][entry][metric]) for k in sets)
+            tol = ZOO_TOLERANCE[metric]
+            gap = (
+                f"{row['spread'] * 100:.1f} pt ({tol * 100:.0f})"
+                if pct
+                else (f"{row['spread']:.3f} ({tol})")
+            )
+            rows.append(f"| `{entry}` | {metric} | {values} | {gap} |")
+    return rows
 
 
 def render_table(result: dict[str, Any]) -> str:
-    """The markdown table (and a line on how it was measured) for ``result`` from :func:`run`.
+    """The markdown table (and a line on how it was measured) for ``result`` from :func:`run`
+    or :func:`combine`; with several kernel sets, each figure shows its range across them and a
+    second table the pretrained models' metrics on each.
     Example: ``print(render_table(json.load(open("docs/bench.json"))))``
     """
+    across = result.get("spread", {}).get("claims", {})
     rows = [
         "| notebook | runtime | headline figures (measured in that run) |",
         "| --- | ---: | --- |",
     ]
     for r in result["notebooks"]:
-        figures = "; ".join(_format(c) for c in r["claims"]) or "—"
-        rows.append(f"| `{r['notebook']}` | {r['seconds']:.0f} s | {figures} |")
+        figures = "; ".join(
+            _format(c, across.get(f"{r['notebook']}/{c['key']}")) for c in r["claims"]
+        )
+        rows.append(f"| `{r['notebook']}` | {r['seconds']:.0f} s | {figures or '—'} |")
     m = result["machine"]
     notebooks_s = sum(r["seconds"] for r in result["notebooks"])
     if result.get("prepare_seconds") is not None:
@@ -237,11 +368,27 @@ def render_table(result: dict[str, Any]) -> str:
         )
     else:
         whole = f"notebooks {notebooks_s:.0f} s with the model cache built"
+    kernel = f"kernel set {m.get('kernel_set', 'native')} ({m.get('capability', '?')})"
     rows.append("")
     rows.append(
         f"Measured by `make bench` on {result['date']}: {m['cpu']}, {m['cores']} cores, "
-        f"Python {m['python']}, torch {m['torch']}; {whole}. Latency figures vary by machine."
+        f"Python {m['python']}, torch {m['torch']}, {kernel}; {whole}. "
+        "Latency figures vary by machine."
     )
+    sets = result.get("kernel_sets")
+    if sets and len(sets) > 1:
+        others = ", ".join(
+            f"{k['kernel_set']} ({k['capability']}) {k['total_seconds']:.0f} s "
+            f"(prepare {k['prepare_seconds']:.0f} s)"
+            for k in sets[1:]
+        )
+        rows.append(
+            f"In brackets: the range of each figure over the kernel sets "
+            f"{', '.join(k['kernel_set'] for k in sets)} on the same machine "
+            f"(`labkit bench --cold --kernels ...`); the whole course, cold, took {others}."
+        )
+        rows.append("")
+        rows += _zoo_table(result)
     return "\n".join(rows)
 
 

@@ -70,7 +70,7 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
     Example: ``all(ok for _, ok, _ in doctor_checks())``
     """
     checks: list[tuple[str, bool, str]] = []
-    py_ok = sys.version_info >= (3, 10)
+    py_ok = sys.version_info >= (3, 11)
     checks.append(("python", py_ok, f"{platform.python_version()} ({sys.executable})"))
     for dist in REQUIRED:
         ver = _version(dist)
@@ -202,7 +202,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from labkit import bench
+    from labkit import bench, kernels
+    from labkit.utils import check_choice
 
     partial = bool(args.notebooks)
 
@@ -212,8 +213,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         print(f"{record['notebook']}: {record['seconds']:.1f} s  {claimed}".rstrip(), flush=True)
 
-    result = bench.run(args.notebooks or None, cold=args.cold, report=report)
-    print(f"total {result['total_seconds']:.1f} s")
+    names = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    try:
+        for name in names:
+            check_choice("kernels", name, tuple(kernels.KERNEL_SETS))
+        if len(names) > 1 and not args.cold:
+            raise ValueError("kernels: several kernel sets need --cold (each trains its own cache)")
+    except ValueError as err:
+        print(f"labkit bench: {err}", file=sys.stderr)
+        return 2
+    missing = [k for k in names if not kernels.available(k)]
+    if missing:
+        print(f"this CPU cannot run the kernel set(s) {', '.join(missing)}: skipped")
+        names = [k for k in names if k not in missing]
+    results = []
+    for name in names:
+        if len(names) > 1:
+            print(f"--- kernel set {name}", flush=True)
+        results.append(
+            bench.run(args.notebooks or None, cold=args.cold, report=report, kernel_set=name)
+        )
+        print(f"total {results[-1]['total_seconds']:.1f} s")
+    result = bench.combine(results) if len(results) > 1 else results[0]
     if partial:
         print("(a partial run: docs/bench.json and the README table are left as they are)")
         return 0
@@ -254,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="*", help="only these notebook files (nothing is written)")
     p.add_argument(
         "--cold", action="store_true", help="first run labkit prepare on an empty data folder"
+    )
+    p.add_argument(
+        "--kernels",
+        default="native",
+        help="comma-separated CPU kernel sets to run in turn, e.g. native,avx2,default "
+        "(labkit.kernels; several need --cold)",
     )
     p.add_argument("--json", default="docs/bench.json", help="where the result goes")
     p.add_argument("--readme", default="README.md", help="file holding the bench table markers")

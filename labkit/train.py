@@ -123,14 +123,18 @@ def _optimizer(model: nn.Module, name: str, lr: float, weight_decay: float):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
-def _scheduler(optimizer, schedule: str, total_steps: int):
-    """Per-step learning-rate factor: 1 (constant) or a half cosine from 1 down to 0."""
-    if schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+def _scheduler(optimizer, schedule: str, total_steps: int, warmup_steps: int = 0):
+    """Per-step learning-rate factor: 1 (constant) or a half cosine from 1 down to 0, times a linear
+    warm-up from 1/warmup_steps to 1 over the first ``warmup_steps`` steps (0: none)."""
     total = max(1, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    )
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        if schedule == "constant":
+            return warm
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _progress(iterable: Iterable, enabled: bool | None, **kwargs: Any) -> Iterator:
@@ -182,6 +186,7 @@ def fit(
     weight_decay: float = 0.0,
     optimizer: str = "adam",
     schedule: str = "constant",
+    warmup_steps: int = 0,
     loss_fn: LossFn | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -191,7 +196,8 @@ def fit(
 
     ``data``: ArrayData (its train split; ``val`` then defaults to its val split, ``val=False``
     skips validation), an ``(X, y)`` tuple, or a DataLoader (iterated as it is). ``optimizer``:
-    'adam', 'adamw' or 'sgd' (momentum 0.9); ``schedule``: 'constant' or 'cosine' (per step, to 0).
+    'adam', 'adamw' or 'sgd' (momentum 0.9); ``schedule``: 'constant' or 'cosine' (per step, to 0),
+    after a linear warm-up over the first ``warmup_steps`` optimizer steps (0: none).
     ``loss_fn(logits, y)`` defaults to cross-entropy (nats). The batch order comes from a
     ``torch.Generator`` seeded with ``seed``; dropout etc. use torch's RNG seeded with ``seed``
     (restored afterwards). The model keeps its device and train/eval mode.
@@ -203,6 +209,7 @@ def fit(
     weight_decay = _number("weight_decay", weight_decay, positive=False)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_choice("schedule", schedule, SCHEDULES)
+    check_int("warmup_steps", warmup_steps, minimum=0)
     check_int("seed", seed, minimum=0)
     train_source = _source("data", data, "train")
     if val is None and _is_array_data(data):
@@ -216,7 +223,8 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     with _seeded(seed, dev), _on(model, dev, training=True):
         opt = _optimizer(model, optimizer, lr, weight_decay)
-        sched = _scheduler(opt, schedule, num_epochs * _num_batches(train_source, batch_size))
+        steps = num_epochs * _num_batches(train_source, batch_size)
+        sched = _scheduler(opt, schedule, steps, warmup_steps)
         for epoch in _progress(range(num_epochs), progress, desc="fit", unit="epoch"):
             model.train()
             total, count = 0.0, 0
@@ -321,6 +329,7 @@ def fit_lm(
     weight_decay: float = 0.0,
     optimizer: str = "adamw",
     schedule: str = "constant",
+    warmup_steps: int = 0,
     grad_clip: float | None = 1.0,
     seed: int = 0,
     eval_every: int | None = None,
@@ -333,7 +342,8 @@ def fit_lm(
     Batches are random windows from ``text.get_batch`` (seeded generator). Every ``eval_every``
     steps (default: 10 times per run, and at the end) History gets the mean train loss since the
     last entry and ``evaluate_lm`` on the first ``eval_batches`` batches of the val split (loss in
-    nats/char). ``grad_clip``: max gradient norm (None: off).
+    nats/char). ``grad_clip``: max gradient norm (None: off). ``warmup_steps``: linear learning-rate
+    warm-up before the schedule (0: none).
     Example: ``history = fit_lm(models.build("gpt", vocab_size=text.vocab_size), text, steps=500)``
     """
     _check_text(text)
@@ -344,6 +354,7 @@ def fit_lm(
     weight_decay = _number("weight_decay", weight_decay, positive=False)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_choice("schedule", schedule, SCHEDULES)
+    check_int("warmup_steps", warmup_steps, minimum=0)
     if grad_clip is not None:
         grad_clip = _number("grad_clip", grad_clip, positive=True)
     check_int("seed", seed, minimum=0)
@@ -357,7 +368,7 @@ def fit_lm(
     generator = torch.Generator().manual_seed(seed)
     with _seeded(seed, dev), _on(model, dev, training=True):
         opt = _optimizer(model, optimizer, lr, weight_decay)
-        sched = _scheduler(opt, schedule, steps)
+        sched = _scheduler(opt, schedule, steps, warmup_steps)
         total, count = 0.0, 0
         for step in _progress(range(1, steps + 1), progress, desc="fit_lm", unit="step"):
             x, y = text.get_batch("train", batch_size, block_size, generator=generator)  # (B, T)

@@ -109,6 +109,34 @@ class _Controls(ipywidgets.VBox):
         if not self._hold:
             self.refresh()
 
+    def _view(self) -> Any:  # pragma: no cover - both subclasses define it
+        raise NotImplementedError
+
+    def dead_controls(self) -> list[str]:
+        """The controls that change nothing shown: with the others at their current values, no
+        value of the control (every choice; a slider's ends and middle) changes the picture or the
+        figures below it. A control with a single value is dead. Restores the current values.
+
+        Example: ``assert not w.dead_controls()``
+        """
+        start = {k: w.value for k, w in self.controls.items()}
+        base = self._view()
+        dead = []
+        try:
+            for key, widget in self.controls.items():
+                values = [v for v in _candidates(widget) if v != start[key]]
+                changed = False
+                for value in values:
+                    self.set(**{**start, key: value})
+                    if self._view() != base:
+                        changed = True
+                        break
+                if not changed:
+                    dead.append(key)
+        finally:
+            self.set(**start)
+        return dead
+
 
 class Explorer(_Controls):
     """The widget ``explore`` returns: ``controls`` (key -> widget), ``image`` (PNG), ``readout``
@@ -215,6 +243,13 @@ class Explorer(_Controls):
     def _key(self) -> tuple:
         return tuple(_freeze(self.controls[k].value) for k in self._control_keys)
 
+    def _view(self) -> Any:
+        shown = [
+            tuple((k, _freeze(v)) for k, v in r.items() if k not in self._control_keys)
+            for r in self.selected
+        ]
+        return self.image.value, repr(shown)
+
 
 class Live(_Controls):
     """The widget ``live`` returns: ``controls`` (name -> widget), ``image`` (PNG of a returned
@@ -273,6 +308,9 @@ class Live(_Controls):
             self._show(None, f"<pre>{html.escape(repr(out))}</pre>")
         self.last_seconds = time.perf_counter() - start
 
+    def _view(self) -> Any:
+        return self.image.value, self.text.value
+
     def _show(self, png: bytes | None, text: str) -> None:
         if png is not None:
             self.image.value = png
@@ -282,6 +320,25 @@ class Live(_Controls):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _candidates(widget: ipywidgets.Widget) -> list:
+    """What ``dead_controls`` tries: every choice; a slider's ends and middle; both booleans."""
+    if isinstance(widget, ipywidgets.Checkbox):
+        return [True, False]
+    options = getattr(widget, "options", None)
+    if options is not None:
+        return [o[1] if isinstance(o, tuple) else o for o in options]
+    if hasattr(widget, "min") and hasattr(widget, "max"):
+        lo, hi = widget.min, widget.max
+        mid = lo + (hi - lo) / 2
+        if isinstance(widget.value, int):
+            mid = int(mid)
+        else:
+            step = getattr(widget, "step", None)
+            mid = lo + round((mid - lo) / step) * step if step else mid
+        return [lo, mid, hi]
+    return []  # free text: no finite set of values to try
 
 
 def _png(fig: Figure) -> bytes:

@@ -15,7 +15,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _result(**over):
     result = {
-        "machine": {"cpu": "Test CPU", "cores": 2, "python": "3.11.7", "torch": "2.14.1"},
+        "machine": {
+            "cpu": "Test CPU",
+            "cores": 2,
+            "python": "3.11.7",
+            "torch": "2.14.1",
+            "kernel_set": "native",
+            "capability": "AVX512",
+        },
         "date": "2026-01-01",
         "prepare_seconds": 200.0,
         "notebooks": [
@@ -77,9 +84,73 @@ def test_render_table_formats_every_notebook_and_the_totals():
     assert "| `00_a` | 12 s | bytes ratio 4.0x |" in lines
     assert "| `01_b` | 40 s | — |" in lines
     assert "cold `labkit prepare` 200 s + notebooks 52 s = **252 s**" in table
-    assert "Test CPU, 2 cores" in table
+    assert "Test CPU, 2 cores" in table and "kernel set native (AVX512)" in table
     warm = bench.render_table(_result(prepare_seconds=None))
     assert "notebooks 52 s with the model cache built" in warm and "cold" not in warm
+
+
+def _on(kernel_set, capability, ratio, zoo):
+    r = _result(zoo=zoo, total_seconds=300.0 if kernel_set == "default" else 252.3)
+    r["machine"] = {**r["machine"], "kernel_set": kernel_set, "capability": capability}
+    r["notebooks"][0]["claims"][0]["value"] = ratio
+    return r
+
+
+def test_combine_reports_each_kernel_set_and_the_spread():
+    runs = [
+        _on(
+            "native",
+            "AVX512",
+            3.999,
+            {"gpt/pydoc": {"val_loss": 1.40}, "mlp/d": {"test_acc": 0.95}},
+        ),
+        _on("avx2", "AVX2", 3.5, {"gpt/pydoc": {"val_loss": 1.41}, "mlp/d": {"test_acc": 0.93}}),
+        _on(
+            "default",
+            "DEFAULT",
+            4.2,
+            {"gpt/pydoc": {"val_loss": 1.45}, "mlp/d": {"test_acc": 0.95}},
+        ),
+    ]
+    result = bench.combine(runs)
+    assert result["notebooks"] == runs[0]["notebooks"]  # the table's own figures: the first run
+    assert [k["kernel_set"] for k in result["kernel_sets"]] == ["native", "avx2", "default"]
+    assert result["kernel_sets"][2]["claims"] == {"00_a": {"ratio": 4.2}, "01_b": {}}
+    zoo = result["spread"]["zoo"]
+    assert zoo["gpt/pydoc"]["val_loss"]["spread"] == pytest.approx(0.05)
+    assert zoo["gpt/pydoc"]["val_loss"]["within"] is False  # 0.05 > 0.03 nats/char
+    assert zoo["mlp/d"]["test_acc"]["within"] is False  # 2 points > 1
+    runs[1]["zoo"]["mlp/d"]["test_acc"] = 0.945
+    assert bench.spread(runs)["zoo"]["mlp/d"]["test_acc"]["within"] is True
+    assert result["spread"]["claims"]["00_a/ratio"] == {"min": 3.5, "max": 4.2}
+    table = bench.render_table(result)
+    assert "| `00_a` | 12 s | bytes ratio 4.0x (3.5x – 4.2x) |" in table
+    assert "| `gpt/pydoc` | val_loss | 1.400 | 1.410 | 1.450 | 0.050 (0.03) |" in table
+    assert "| `mlp/d` | test_acc | 95.0% | 93.0% | 95.0% | 2.0 pt (1) |" in table
+    assert "avx2 (AVX2) 252 s" in table and "default (DEFAULT) 300 s" in table
+    with pytest.raises(ValueError, match="^results must hold"):
+        bench.combine([])
+
+
+def test_the_zoo_agrees_across_kernel_sets_in_the_committed_bench():
+    """The committed course figures were measured on every kernel set, and each pretrained model's
+    headline metric stayed within its tolerance across them."""
+    result = json.loads((ROOT / "docs" / "bench.json").read_text())
+    sets = [k["kernel_set"] for k in result.get("kernel_sets", [])]
+    assert {"native", "default"} <= set(sets), "re-run `make bench` (all kernel sets)"
+    zoo = result["spread"]["zoo"]
+    assert set(zoo) == {f"{n}/{d}" for n, d in __import__("labkit.models").models.RECIPES}
+    off = {e: m for e, ms in zoo.items() for k, m in ms.items() if not m["within"]}
+    assert not off, f"pretrained models that move more than ZOO_TOLERANCE between kernels: {off}"
+
+
+def test_cli_rejects_unknown_kernel_sets(capsys):
+    from labkit import cli
+
+    assert cli.main(["bench", "--kernels", "native,avx9"]) == 2
+    assert "kernels must be one of" in capsys.readouterr().err
+    assert cli.main(["bench", "--kernels", "native,default"]) == 2  # without --cold
+    assert "need --cold" in capsys.readouterr().err
 
 
 def test_update_readme_replaces_only_the_block(tmp_path):

@@ -227,13 +227,26 @@ def pydoc_text() -> str:
 
 def test_pydoc_vocab_split_and_round_trip():
     text, t = pydoc_text(), data.load("pydoc")
-    assert t.vocab == tuple(sorted(set(text))) and t.vocab_size == len(set(text))
+    # a fixed alphabet holding every character of this Python's corpus (none is replaced)
+    assert t.vocab == data.PYDOC_VOCAB and t.vocab_size == 105 and set(text) <= set(t.vocab)
+    assert list(t.vocab) == sorted(t.vocab) and len(set(t.vocab)) == len(t.vocab)
     assert len(t.train) == len(text) * 9 // 10 and len(t.train) + len(t.val) == len(text)
     assert t.decode(t.train) + t.decode(t.val) == text
     assert torch.equal(t.encode(text[:1000]), t.train[:1000])
     assert t.encode("").shape == (0,) and t.decode([]) == ""
     assert t.train.dtype == torch.int64 and int(t.train.max()) < t.vocab_size
     assert data.describe(t).startswith(f"pydoc: {len(t.train):,} train / {len(t.val):,} val")
+
+
+def test_pydoc_alphabet_is_the_same_on_every_python(monkeypatch):
+    """A character outside the fixed alphabet (a newer Python's help text) becomes "?", so the
+    vocabulary, and the GPT's shape and bytes, do not depend on the Python version."""
+    from pydoc_data import topics as module
+
+    monkeypatch.setattr(module, "topics", {"a": "x ∑ y\n", "b": "~`$"})
+    t = data._load_pydoc()
+    assert t.vocab == data.PYDOC_VOCAB
+    assert t.decode(torch.cat([t.train, t.val])) == "x ? y\n~`$"
 
 
 def test_pydoc_get_batch_targets_are_shifted_inputs():

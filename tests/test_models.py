@@ -407,7 +407,9 @@ def test_gpt_width_entries_differ_only_in_width():
         assert same_shape == base.config, width
     main = models.RECIPES[("gpt", "pydoc")]  # the main GPT: the width-64 model, trained longer
     assert main.config == base.config and main.steps > base.steps
-    assert dataclasses.replace(main, steps=base.steps) == base
+    # the same recipe, longer: the warm-up is the same tenth of the run
+    assert main.warmup_steps * base.steps == base.warmup_steps * main.steps
+    assert dataclasses.replace(main, steps=base.steps, warmup_steps=base.warmup_steps) == base
 
 
 def test_vit_digits_entry_has_the_shape_of_the_digits_data():

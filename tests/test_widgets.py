@@ -200,3 +200,23 @@ def test_live_closes_pyplot_figures_it_renders():
         w.controls["k"].value = k
     assert w.calls == 4 and len(plt.get_fignums()) == before  # no figure leaks per move
     assert bytes(w.image.value).startswith(b"\x89PNG")
+
+
+def test_dead_controls_finds_controls_that_change_nothing():
+    records = [
+        {"width": w, "alpha": 0.5, "mode": m, "bytes": w * 100, "acc": 0.5 + w / 1000}
+        for w in (16, 32, 64)
+        for m in ("a", "b")
+    ]
+    # alpha has one value; mode changes neither the point nor any figure shown: both dead
+    w = widgets.explore(records, x="bytes", y="acc", controls=("width", "alpha", "mode"))
+    w.set(width=32)
+    assert w.dead_controls() == ["alpha", "mode"]
+    assert w.selection == {"width": 32, "alpha": 0.5, "mode": "a"}  # restored
+    for r in records:  # now mode moves a figure in the readout: alive
+        r["macs"] = 1 if r["mode"] == "a" else 2
+    assert widgets.explore(records, controls=("width", "mode")).dead_controls() == []
+
+    live = widgets.live(lambda k, unused: f"k={k}", k=(0, 10), unused=[1, 2, 3])
+    assert live.dead_controls() == ["unused"]
+    assert widgets.live(lambda on: str(on), on=True).dead_controls() == []

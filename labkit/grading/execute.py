@@ -114,30 +114,42 @@ def _outcome(records: list[dict]) -> CellOutcome:
 
 
 def _kill_tree(proc: subprocess.Popen, token: str) -> None:
-    """Kill the pytest process and every process carrying this run's token (its kernel)."""
+    """Kill the pytest process and every process carrying this run's token (its kernel).
+
+    A kernel that was still starting when pytest died may appear a moment later, so the marked
+    processes are looked for again until none is left (at most 10 s)."""
     try:
         proc.kill()
     except OSError:
         pass
-    _kill_marked(token)
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
+    deadline = time.monotonic() + 10
+    quiet = 0
+    while quiet < 3 and time.monotonic() < deadline:  # three empty looks in a row
+        quiet = 0 if _kill_marked(token) else quiet + 1
+        time.sleep(0.1)
 
 
-def _kill_marked(token: str) -> None:
-    """Kill leftover processes that this run started: they carry ``LABKIT_GRADE_RUN=token``."""
+def _kill_marked(token: str) -> int:
+    """Kill leftover processes that this run started (they carry ``LABKIT_GRADE_RUN=token``) and
+    wait for them to end; return how many were found."""
     try:
         import psutil  # ipykernel depends on it
     except ImportError:  # pragma: no cover
-        return
+        return 0
+    found = []
     for proc in psutil.process_iter(["pid"]):
         try:
             if proc.environ().get(_MARK) == token:
                 proc.kill()
+                found.append(proc)
         except (psutil.Error, OSError):
             continue
+    psutil.wait_procs(found, timeout=5)
+    return len(found)
 
 
 def _prepared(nb: NotebookNode) -> NotebookNode:
