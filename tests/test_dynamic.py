@@ -246,12 +246,29 @@ def test_exit_latency_times_each_forced_path_and_weights_it():
         dynamic.exit_latency(model, [0.5, 0.5])
 
 
+def _between(confidence: torch.Tensor, q: float) -> float:
+    """A limit near quantile ``q`` of ``confidence`` that no sample sits near: the midpoint of the
+    widest gap between neighbouring sorted values around that rank. A quantile is itself one of
+    the values, and the last bit that a batched and a single-sample forward may differ in would
+    then decide that sample's exit."""
+    ranked = confidence.sort().values
+    n = len(ranked)
+    lo, hi = max(1, round((q - 0.1) * n)), min(n - 1, round((q + 0.1) * n))
+    gaps = ranked[lo:hi] - ranked[lo - 1 : hi - 1]
+    k = lo - 1 + int(gaps.argmax())
+    assert gaps.max() > 1e-4, "no clear gap between confidences near the quantile"
+    return float(ranked[k] + ranked[k + 1]) / 2
+
+
 def test_per_exit_thresholds_match_a_loop_and_the_runner():
     model = _sharpening_exits()
     x = _signals(60, seed=8)
     conf = dynamic.exit_confidence(dynamic.exit_logits(model, x))  # (3, 60)
-    limits = [float(conf[0].median()), float(conf[1].quantile(0.3))]
+    limits = [_between(conf[0], 0.5), _between(conf[1], 0.3)]
     ref = [next((e for e in range(2) if conf[e, n] >= limits[e]), 2) for n in range(60)]
+    assert set(ref) == {0, 1, 2}  # every exit is taken, so each limit matters
+    swapped = [next((e for e in range(2) if conf[e, n] >= limits[1 - e]), 2) for n in range(60)]
+    assert swapped != ref  # the limits are told apart: one per exit, in order
     assert dynamic.first_exit(conf, limits).tolist() == ref
     logits, exits = dynamic.EarlyExit(model, limits).predict(x)
     assert exits.tolist() == ref
