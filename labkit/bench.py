@@ -258,29 +258,27 @@ ZOO_TOLERANCE = {"val_loss": 0.03, "test_acc": 0.01}
 the language models, 1 point of test accuracy for the classifiers."""
 
 
-def spread(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Across bench results of several kernel sets: ``zoo`` (entry -> metric -> ``min``, ``max``,
-    ``spread``, ``within`` its ``ZOO_TOLERANCE``) and ``claims`` (notebook/key -> ``min``, ``max``).
-    Example: ``spread([run(cold=True, kernel_set=k) for k in ("native", "default")])``
+def spread(kernel_sets: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Across the ``kernel_sets`` of a :func:`combine` result: ``zoo`` (entry -> its headline
+    metric, test accuracy or else validation loss -> ``min``, ``max``, ``spread`` and ``within``
+    its ``ZOO_TOLERANCE``) and ``claims`` (notebook/key -> ``min``, ``max``).
+    Example: ``spread(json.load(open("docs/bench.json"))["kernel_sets"])``
     """
     zoo: dict[str, dict[str, dict[str, Any]]] = {}
-    for entry in sorted({e for r in results for e in r.get("zoo", {})}):
-        for metric, tol in ZOO_TOLERANCE.items():
-            values = [r["zoo"][entry][metric] for r in results if metric in r["zoo"].get(entry, {})]
-            if len(values) > 1:
-                lo, hi = min(values), max(values)
-                within = hi - lo <= tol + 1e-9
-                row = {"min": lo, "max": hi, "spread": hi - lo, "within": within}
-                zoo.setdefault(entry, {})[metric] = row
+    for entry in sorted({e for k in kernel_sets for e in k["zoo"]}):
+        metrics = [k["zoo"][entry] for k in kernel_sets if entry in k["zoo"]]
+        metric = "test_acc" if all("test_acc" in m for m in metrics) else "val_loss"
+        values = [m[metric] for m in metrics if metric in m]
+        if len(values) > 1:
+            lo, hi = min(values), max(values)
+            within = hi - lo <= ZOO_TOLERANCE[metric] + 1e-9
+            zoo[entry] = {metric: {"min": lo, "max": hi, "spread": hi - lo, "within": within}}
     claims: dict[str, dict[str, float]] = {}
-    for r in results:
-        for nb in r["notebooks"]:
-            for c in nb["claims"]:
-                row = claims.setdefault(f"{nb['notebook']}/{c['key']}", {"values": []})
-                row["values"].append(c["value"])
-    for row in claims.values():
-        row["min"], row["max"] = min(row["values"]), max(row["values"])
-        del row["values"]
+    for k in kernel_sets:
+        for notebook, figures in k["claims"].items():
+            for key, value in figures.items():
+                row = claims.setdefault(f"{notebook}/{key}", {"min": value, "max": value})
+                row["min"], row["max"] = min(row["min"], value), max(row["max"], value)
     return {"zoo": zoo, "claims": claims}
 
 
@@ -289,16 +287,17 @@ def spread(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _format(record: dict, across: dict[str, float] | None = None) -> str:
     text = f"{record['label']} {record['fmt'].format(record['value'])}"
-    if across and across["min"] != across["max"]:
+    if across:
         lo, hi = (record["fmt"].format(across[k]) for k in ("min", "max"))
-        text += f" ({lo} – {hi})"
+        if lo != hi:  # the figure moved between kernel sets (as printed)
+            text += f" ({lo} – {hi})"
     return text
 
 
 def combine(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One bench result from runs on several kernel sets: the first run's result, plus
-    ``kernel_sets`` (each run's kernel set, capability, times, zoo metrics and claims) and
-    ``spread`` (see :func:`spread`). Example: ``combine([native_result, default_result])``
+    ``kernel_sets`` (each run's kernel set, capability, times, zoo metrics and claims; see
+    :func:`spread`). Example: ``combine([native_result, default_result])``
     """
     if not results:
         raise ValueError("results must hold at least one bench result; got none")
@@ -317,7 +316,6 @@ def combine(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         }
         for r in results
     ]
-    out["spread"] = spread(results)
     return out
 
 
@@ -328,7 +326,7 @@ def _zoo_table(result: dict[str, Any]) -> list[str]:
         "| pretrained entry | metric | " + " | ".join(names) + " | spread (allowed) |",
         "| --- | --- | " + " | ".join("---:" for _ in sets) + " | ---: |",
     ]
-    for entry, metrics in result["spread"]["zoo"].items():
+    for entry, metrics in spread(sets)["zoo"].items():
         for metric, row in metrics.items():
             pct = metric.endswith("acc")
             fmt = "{:.1%}" if pct else "{:.3f}"
@@ -349,7 +347,8 @@ def render_table(result: dict[str, Any]) -> str:
     second table the pretrained models' metrics on each.
     Example: ``print(render_table(json.load(open("docs/bench.json"))))``
     """
-    across = result.get("spread", {}).get("claims", {})
+    sets = result.get("kernel_sets") or []
+    across = spread(sets)["claims"] if len(sets) > 1 else {}
     rows = [
         "| notebook | runtime | headline figures (measured in that run) |",
         "| --- | ---: | --- |",
@@ -375,8 +374,7 @@ def render_table(result: dict[str, Any]) -> str:
         f"Python {m['python']}, torch {m['torch']}, {kernel}; {whole}. "
         "Latency figures vary by machine."
     )
-    sets = result.get("kernel_sets")
-    if sets and len(sets) > 1:
+    if len(sets) > 1:
         others = ", ".join(
             f"{k['kernel_set']} ({k['capability']}) {k['total_seconds']:.0f} s "
             f"(prepare {k['prepare_seconds']:.0f} s)"

@@ -103,6 +103,17 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
         checks.append(
             ("threads", True, f"torch uses {threads} of {cores} cores (OMP_NUM_THREADS={omp})")
         )
+        from labkit import kernels
+
+        k = kernels.current()
+        checks.append(
+            (
+                "cpu kernels",
+                True,
+                f"torch dispatches to {k['capability']} kernels (kernel set {k['kernel_set']}; "
+                "trained figures differ slightly between kernel sets)",
+            )
+        )
         cuda = torch.cuda.is_available()
         checks.append(
             (

@@ -21,6 +21,10 @@ def test_doctor_reports_every_check(capsys):
     out = capsys.readouterr().out
     for name in ("python", "torch", "widget extension", "threads", "embedded data", "model cache"):
         assert name in out
+    kernels = next(d for n, _, d in cli.doctor_checks() if n == "cpu kernels")
+    import torch
+
+    assert torch.backends.cpu.get_cpu_capability() in kernels  # what torch really dispatches to
     checks = {name: ok for name, ok, _ in cli.doctor_checks()}
     assert code == (0 if all(checks.values()) else 1)
 
