@@ -159,15 +159,6 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _capability(env: dict[str, str]) -> str:
-    """The CPU capability torch dispatches to in a new process with ``env`` (e.g. ``AVX2``)."""
-    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    out = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip()
-
-
 def _prepare_cold(env: dict[str, str]) -> float:
     """``labkit prepare`` in a new process with ``env`` (an empty ``LABKIT_DATA``); wall seconds."""
     start = time.perf_counter()
@@ -240,7 +231,7 @@ def run(
             if report is not None:
                 report(record)
     total = sum(r["seconds"] for r in records) + (prepare_seconds or 0.0)
-    machine = {**_machine(), "kernel_set": kernel_set, "capability": _capability(base)}
+    machine = {**_machine(), "kernel_set": kernel_set, "capability": kernels.capability(base)}
     result = {
         "machine": machine,
         "date": time.strftime("%Y-%m-%d"),

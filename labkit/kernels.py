@@ -27,7 +27,7 @@ from typing import Any
 
 from labkit.utils import check_choice
 
-__all__ = ["KERNEL_SETS", "env", "current", "available"]
+__all__ = ["KERNEL_SETS", "env", "current", "capability", "available"]
 
 KERNEL_SETS: dict[str, dict[str, str]] = {
     "native": {},  # whatever this CPU supports best
@@ -75,6 +75,17 @@ def current() -> dict[str, Any]:
     }
 
 
+def capability(environ: dict[str, str] | None = None) -> str:
+    """What torch dispatches to in a new process with ``environ`` (default: this one's), e.g.
+    ``AVX2``: the variables are read when torch loads. Example: ``capability(env("default"))``
+    """
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=environ, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
 def available(name: str) -> bool:
     """Whether this CPU can run the ``name`` kernel set: torch, started in a new process with
     ``env(name)``, dispatches to that capability (it silently falls back when the CPU lacks it).
@@ -83,8 +94,4 @@ def available(name: str) -> bool:
     check_choice("name", name, tuple(KERNEL_SETS))
     if name == "native":
         return True
-    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    out = subprocess.run(
-        [sys.executable, "-c", probe], env=env(name), capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip().lower() == KERNEL_SETS[name]["ATEN_CPU_CAPABILITY"]
+    return capability(env(name)).lower() == KERNEL_SETS[name]["ATEN_CPU_CAPABILITY"]

@@ -65,3 +65,11 @@ def test_the_makefile_uses_the_same_kernel_sets():
         line = re.search(rf"^KERNELS_{name}\s*:=\s*(.*)$", makefile, re.M)
         assert line, f"Makefile lacks KERNELS_{name}"
         assert dict(v.split("=", 1) for v in line.group(1).split()) == variables
+
+
+def test_capability_reads_a_new_process():
+    assert kernels.capability(kernels.env("default")) == "DEFAULT"
+    assert (
+        kernels.capability(kernels.env("native"))
+        == _current_in(kernels.env("native"))["capability"]
+    )
