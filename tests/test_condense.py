@@ -413,7 +413,10 @@ def test_batched_training_equals_separate_runs():
     for (X_s, y_s), seed, model in zip(sets, [0, 1, 2], together):
         alone = condense.train_on(X_s, y_s, seed=seed, **options)
         for a, b in zip(model.parameters(), alone.parameters()):
-            assert torch.allclose(a, b, atol=1e-5)
+            # the same arithmetic in another order: batched and single convolutions round apart,
+            # and 15 Adam steps grow that to ~3e-5 on AVX2 kernels (1e-6 on AVX-512); another
+            # seed moves them by ~0.4
+            assert torch.allclose(a, b, atol=2e-4)
     shifted = condense.train_many([X, X], [y, y], [0, 0], augment=1, **options)
     assert all(torch.equal(a, b) for a, b in zip(shifted[0].parameters(), shifted[1].parameters()))
 
