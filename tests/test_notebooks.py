@@ -119,3 +119,42 @@ def test_notebook_00_runs_offline_within_budget():
     # The budget is 60 s on an idle 2-core laptop; under a parallel test run allow slack.
     assert seconds < 150, f"notebook 00 took {seconds:.0f} s"
     print(f"notebook 00 ran offline in {seconds:.1f} s (python {sys.version_info[:2]})")
+
+
+def _notebooks_conftest():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nb_conftest", ROOT / "notebooks" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_widget_cell_is_checked_for_dead_controls(path):
+    """Under nbval each `widget` cell also runs `dead_controls()` on the widget it ends with."""
+    wrap = _notebooks_conftest().with_widget_check
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in _code_cells(nb) if "widget" in c.metadata.get("tags", [])]
+    for cell in cells:
+        wrapped = wrap(cell.source)
+        assert "dead_controls()" in wrapped and wrapped.rstrip().endswith("_labkit_widget")
+
+
+def test_the_widget_check_runs_the_cell_and_fails_on_a_dead_control():
+    wrap = _notebooks_conftest().with_widget_check
+
+    class Widget:
+        def __init__(self, dead):
+            self.dead = dead
+
+        def dead_controls(self):
+            return self.dead
+
+    ns = {"Widget": Widget}
+    exec(wrap("x = 1\nWidget([])  # shown"), ns)
+    assert ns["x"] == 1 and isinstance(ns["_labkit_widget"], Widget)
+    with pytest.raises(AssertionError, match="alpha"):
+        exec(wrap("Widget(\n    ['alpha'],\n)"), {"Widget": Widget})
+    with pytest.raises(ValueError, match="must end with the widget"):
+        wrap("w = 1")

@@ -232,3 +232,35 @@ def test_fit_lm_is_deterministic_and_checks_arguments():
         train.fit_lm(a, blob_data())
     with pytest.raises(ValueError, match="^block_size must be given"):
         train.evaluate_lm(nn.Embedding(3, 3), text)
+
+
+def test_warmup_ramps_linearly_then_follows_the_schedule():
+    def lrs(schedule, warmup, steps=20):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        sched = train._scheduler(opt, schedule, steps, warmup)
+        out = []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    # cosine without warm-up is torch's own CosineAnnealingLR (to 0 over the run)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=20)
+    expected = []
+    for _ in range(20):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    assert lrs("cosine", 0) == pytest.approx(expected, abs=1e-12)
+    warm, plain = lrs("cosine", 5), lrs("cosine", 0)
+    assert warm[:5] == pytest.approx([plain[i] * (i + 1) / 5 for i in range(5)])  # linear ramp
+    assert warm[5:] == pytest.approx(plain[5:])  # then the schedule unchanged
+    assert lrs("constant", 4)[:6] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+
+
+def test_warmup_steps_must_be_a_count():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="^warmup_steps must be"):
+        train.fit(model, (torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)), warmup_steps=-1)
