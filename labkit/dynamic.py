@@ -11,8 +11,10 @@ latency measured at batch 1 against the full network in the same run):
   from cached per-head logits, so a slider over thresholds is instant; :func:`exit_latency` times
   the real thing with ``measure.compare_latency``.
 * **Mixture of experts**: :class:`MoE` routes each token to its ``top_k`` of ``n_experts`` MLPs
-  (:func:`top_k_gating`, gates renormalised over the chosen experts) with the Switch-Transformer
-  :func:`load_balancing_loss`; :func:`moe_params` gives total vs active parameters per token.
+  (:func:`top_k_gating`: top-1 gates are the router's softmax probability as in Switch
+  Transformer, top-k gates the softmax renormalised over the chosen experts) with the
+  Switch-Transformer :func:`load_balancing_loss`; :func:`moe_params` gives total vs active
+  parameters per token.
 * **Slimmable width**: :class:`SlimmableCNN1d` shares one set of weights across 25/50/75/100 %
   width (switchable BatchNorm per width); :meth:`SlimmableCNN1d.at_width` cuts out a real, smaller
   ``CNN1d`` so MACs and latency are those of a physically smaller network.
@@ -58,6 +60,8 @@ __all__ = [
     "average_macs",
     "exit_logits",
     "exit_report",
+    "choose_threshold",
+    "operating_point",
     "exit_latency",
     "per_sample_latency",
     "fit_exits",
@@ -92,6 +96,14 @@ WEIGHTS = {"summed": (1.0, 1.0, 1.0), "weighted": (0.3, 0.3, 1.0)}
 
 VERSION = 3
 """Bump to invalidate every model and sweep this module cached."""
+
+MOE_VERSION = 2
+"""Bump to retrain the cached MoE models alone (2: top-1 gates are the router's softmax
+probability, so the router learns from the task loss)."""
+
+SWEEP_VERSIONS = {"exits": 2, "width": 1, "moe": 2}
+"""Bump one to recompute that sweep of notebook 06 (exits 2: the threshold is chosen on the
+validation split; moe 2: the retrained MoE models)."""
 
 
 def _weights(name: str, value: Any, length: int) -> tuple[float, ...]:
@@ -236,8 +248,8 @@ def exit_confidence(logits: Tensor, criterion: str = "max_prob") -> Tensor:
         logits = logits.float()
     if criterion == "max_prob":  # two ops: this runs after every head at inference
         return logits.softmax(dim=-1).amax(dim=-1)
-    logp = F.log_softmax(logits, dim=-1)  # (..., C)
-    entropy = -(logp.exp() * logp).sum(dim=-1)  # (...,) in nats
+    p = logits.softmax(dim=-1)  # (..., C)
+    entropy = -torch.special.xlogy(p, p).sum(dim=-1)  # (...,) in nats; 0 log 0 = 0 (a -inf logit)
     return (1 - entropy / math.log(logits.shape[-1])).clamp(0.0, 1.0)
 
 
@@ -325,6 +337,60 @@ def exit_report(
         "exit_fraction": counts.tolist(),
         "head_acc": (pred == y[None]).double().mean(dim=1).tolist(),
     }
+
+
+def choose_threshold(
+    logits: Tensor,
+    y: Tensor,
+    macs: Sequence[int],
+    thresholds: Sequence[float],
+    tolerance: float = 0.01,
+    criterion: str = "max_prob",
+) -> float:
+    """The cheapest of ``thresholds`` (lowest mean MACs; the higher threshold on a tie) whose
+    accuracy on ``(logits, y)`` is at most ``tolerance`` below the last head's on the same data;
+    2.0 (never exit) if none is. Pass a **validation** split's head logits (:func:`exit_logits`):
+    a threshold picked on the test split flatters the test accuracy it then reports.
+
+    Example: ``choose_threshold(exit_logits(m, ds.X_val), ds.y_val, macs, COURSE["thresholds"])``
+    """
+    check_choice("criterion", criterion, CRITERIA)
+    ok = isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
+    if not (ok and 0 <= tolerance < 1):
+        raise ValueError(
+            f"tolerance must be a number in [0, 1) (an accuracy drop); got {tolerance!r}"
+        )
+    limits = sorted({_threshold(t) for t in thresholds})
+    if not limits:
+        raise ValueError("thresholds must hold at least one number >= 0")
+    ref = exit_report(logits, y, 2.0, macs, criterion)["acc"]  # everyone at the last head
+    best, best_macs = 2.0, float("inf")
+    for t in limits:  # increasing: ``<=`` keeps the higher threshold on a tie in MACs
+        r = exit_report(logits, y, t, macs, criterion)
+        if r["acc"] >= ref - tolerance - 1e-12 and r["macs"] <= best_macs:
+            best, best_macs = t, r["macs"]
+    return best
+
+
+def operating_point(
+    model: EarlyExitCNN1d,
+    ds: Any,
+    macs: Sequence[int],
+    thresholds: Sequence[float],
+    tolerance: float = 0.01,
+    criterion: str = "max_prob",
+) -> dict[str, Any]:
+    """Choose the exit threshold on ``ds``'s validation split (:func:`choose_threshold`), then
+    report it on the test split. The test split is touched only after the choice.
+
+    Returns ``threshold``, ``val`` and ``test`` (:func:`exit_report` at that threshold).
+    Example: ``operating_point(model, data.load("mnist1d"), macs, COURSE["thresholds"])["test"]``
+    """
+    val_logits = exit_logits(model, ds.X_val)  # (E, N_val, C)
+    threshold = choose_threshold(val_logits, ds.y_val, macs, thresholds, tolerance, criterion)
+    val = exit_report(val_logits, ds.y_val, threshold, macs, criterion)
+    test = exit_report(exit_logits(model, ds.X_test), ds.y_test, threshold, macs, criterion)
+    return {"threshold": threshold, "val": val, "test": test}
 
 
 class EarlyExit(nn.Module):
@@ -528,6 +594,13 @@ def fit_exits(
 # ------------------------------------------------------------------------- cache of trained models
 
 
+def _build(spec: Mapping[str, Any], build: Callable[[], nn.Module]) -> nn.Module:
+    """The untrained model: ``build()`` seeded with ``spec["seed"]``, the global RNG untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec["seed"])
+        return build()
+
+
 def _cached(
     kind: str, spec: Mapping[str, Any], build: Callable[[], nn.Module], fit: Callable
 ) -> nn.Module:
@@ -536,9 +609,7 @@ def _cached(
         {"kind": kind, "spec": dict(spec), "v": VERSION, "torch": torch.__version__}
     )
     path = utils.cache_dir("dynamic") / f"{kind}-{key}.pt"
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-        torch.manual_seed(spec["seed"])
-        model = build()
+    model = _build(spec, build)
     if path.exists():
         try:
             model.load_state_dict(torch.load(path, weights_only=True))
@@ -762,15 +833,24 @@ def pretrained_slimmable(
 
 
 def top_k_gating(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k routing: the ``k`` largest router logits per token and their gates, a softmax over
-    just those k (= the full softmax renormalised over the chosen experts; gates sum to 1).
+    """Top-k routing: the ``k`` largest router logits per token and their gates, taken from the
+    softmax over **all** experts, ``p = softmax(logits)``.
+
+    * ``k = 1`` (Switch Transformer, Fedus et al., 2021): the gate is ``p_e`` of the chosen expert
+      itself. Renormalising one gate would make it the constant 1.0, and the router would get no
+      gradient from the task loss.
+    * ``k >= 2`` (Shazeer et al., 2017; Mixtral): ``p`` renormalised over the chosen k, so the
+      gates sum to 1; their ratios still depend on the logits, so the router learns.
 
     ``logits``: (N, E). Returns ``(gates (N, k), experts (N, k))``, experts by decreasing logit.
-    Example: ``top_k_gating(torch.tensor([[2.0, 0.0, 1.0]]), 2)  # [[0.731, 0.269]], [[0, 2]]``
+    Example: ``top_k_gating(torch.tensor([[2.0, 0.0, 1.0]]), 1)  # [[0.665]], [[0]]``
     """
     check_int("k", k, minimum=1, maximum=logits.shape[-1])
-    top, experts = logits.topk(k, dim=-1)  # (N, k)
-    return F.softmax(top, dim=-1), experts
+    experts = logits.topk(k, dim=-1).indices  # (N, k)
+    gates = F.softmax(logits, dim=-1).gather(-1, experts)  # (N, k) full-softmax probabilities
+    if k == 1:
+        return gates, experts
+    return gates / gates.sum(dim=-1, keepdim=True), experts
 
 
 def load_balancing_loss(router_probs: Tensor, experts: Tensor) -> Tensor:
@@ -791,7 +871,8 @@ def load_balancing_loss(router_probs: Tensor, experts: Tensor) -> Tensor:
 
 class MoE(nn.Module):
     """A mixture-of-experts MLP over tokens: a linear router picks ``top_k`` of ``n_experts``
-    expert MLPs (``Linear -> ReLU -> Linear``) per token and mixes them with renormalised gates.
+    expert MLPs (``Linear -> ReLU -> Linear``) per token and scales each by its gate
+    (:func:`top_k_gating`: the softmax probability for top-1, renormalised over the k for more).
     Only the chosen experts run (tokens are dispatched by index). After each forward,
     ``aux_loss`` holds the load-balancing loss and ``load`` the fraction of routing slots each
     expert received.
@@ -907,10 +988,12 @@ def pretrained_moe(
     dataset: str = "mnist1d",
     num_epochs: int = 4,
     seed: int = 0,
+    trained: bool = True,
 ) -> nn.Sequential:
     """``Sequential(stem, head)``: the first block of :func:`pretrained_static` (seed 0, frozen)
     turns a signal into tokens, a :class:`MoEHead` trained on them classifies (Adam 1e-2, cosine,
     batch 256, ``num_epochs``; cached). The frozen stem makes the features cheap to compute once.
+    ``trained=False`` returns the same model at its initialisation (router and experts random).
 
     Example: ``model = pretrained_moe(n_experts=8, top_k=2); model.head.moe.load``
     """
@@ -931,6 +1014,7 @@ def pretrained_moe(
         "top_k": top_k,
         "hidden": hidden,
         "balance": balance,
+        "moe_version": MOE_VERSION,
         **fit_kw,
     }
 
@@ -944,6 +1028,8 @@ def pretrained_moe(
             features = model.stem.eval()(ds.X_train)  # (N, C, L), computed once
         fit_moe(model.head, (features, ds.y_train), balance, **fit_kw)
 
+    if not trained:
+        return _build(spec, build).eval()
     return _cached("moe", spec, build, fit)
 
 
@@ -966,21 +1052,28 @@ COURSE: dict[str, Any] = {
     "moe_hidden": 64,
     "moe_epochs": 4,
     "balance": 0.01,
+    "balances": (0.0, 1.0),
+    "tolerance": 0.01,
 }
 """What notebook 06 shows and :func:`prepare` computes: exit models per seed with a threshold
-curve each, slimmable (trained ``slim_epochs`` on top of the plain CNN) and static widths, and
-MoE (experts, top-k) points plus a dense layer of the same total size and an 8-expert run
-without the balancing loss, each trained ``moe_epochs``."""
+curve each and the threshold chosen on the validation split (at most ``tolerance`` below the
+last head's validation accuracy, :func:`choose_threshold`); slimmable (trained ``slim_epochs``
+on top of the plain CNN) and static widths; MoE (experts, top-k) points with the balancing-loss
+weight ``balance``, a dense layer of the same total size, and 8 experts top-1 trained with each
+weight in ``balances`` (none, strong); each MoE trained ``moe_epochs``."""
 
 
-def _sweep_version() -> str:
-    return utils.stable_hash({"v": VERSION, "course": COURSE})
+def _sweep_version(kind: str) -> str:
+    return utils.stable_hash({"v": VERSION, "course": COURSE, "sweep": SWEEP_VERSIONS[kind]})
 
 
 def exits_run(weights: str, seed: int = 0) -> dict[str, Any]:
     """One point of sweep ``06-dynamic-exits``: the plain CNN (``weights="none"``) or the exit
-    model trained with ``WEIGHTS[weights]``: test accuracy per head, MACs per exit path, and the
-    max-prob threshold curve (accuracy, mean MACs, exit fractions) at ``COURSE["thresholds"]``.
+    model trained with ``WEIGHTS[weights]``: test accuracy per head, MACs per exit path, the
+    max-prob threshold curve on the test split (accuracy, mean MACs, exit fractions) at
+    ``COURSE["thresholds"]``, and the operating point: the threshold chosen on the validation
+    split (``threshold``, ``val_acc``) and its test ``chosen_acc``, ``chosen_macs`` and
+    ``chosen_exit_fraction`` (:func:`operating_point`).
     Example: ``exits_run("weighted", seed=0)["head_acc"]``
     """
     from labkit import data, train
@@ -999,6 +1092,7 @@ def exits_run(weights: str, seed: int = 0) -> dict[str, Any]:
     macs = path_macs(model, x1)
     curve = [exit_report(logits, ds.y_test, t, macs) for t in COURSE["thresholds"]]
     head_acc = curve[0]["head_acc"]
+    point = operating_point(model, ds, macs, COURSE["thresholds"], COURSE["tolerance"])
     return {
         "acc": head_acc[-1],
         "head_acc": head_acc,
@@ -1009,6 +1103,12 @@ def exits_run(weights: str, seed: int = 0) -> dict[str, Any]:
         "curve_acc": [r["acc"] for r in curve],
         "curve_macs": [r["macs"] for r in curve],
         "curve_exit_fraction": [r["exit_fraction"] for r in curve],
+        "threshold": point["threshold"],
+        "val_acc": point["val"]["acc"],
+        "val_head_acc": point["val"]["head_acc"],
+        "chosen_acc": point["test"]["acc"],
+        "chosen_macs": point["test"]["macs"],
+        "chosen_exit_fraction": point["test"]["exit_fraction"],
     }
 
 
@@ -1041,21 +1141,35 @@ def moe_run(
 ) -> dict[str, Any]:
     """One point of sweep ``06-dynamic-moe``: :func:`pretrained_moe`'s test accuracy, parameters
     (:func:`moe_params`), MACs per signal (only the experts that run are counted) and the expert
-    load on the test set (fraction of routing slots per expert).
+    load on the test set (fraction of routing slots per expert), after training (``load``) and
+    of the same model at its initialisation (``init_load``: the random router).
     Example: ``moe_run(8, 2)["active"]``
     """
     from labkit import data, train
 
     ds = data.load("mnist1d")
-    model = pretrained_moe(
-        n_experts, top_k, hidden, balance, num_epochs=COURSE["moe_epochs"], seed=seed
-    )
-    macs = measure.macs(model, ds.X_test[:1])
-    acc = train.evaluate(model, ds, device="cpu")["acc"]
-    with torch.no_grad():
-        model(ds.X_test)  # the load over every test token
-    load = model.head.moe.load.tolist()
-    return {"acc": acc, "macs": macs, **moe_params(model), "load": load, "load_max": max(load)}
+    loads = []
+    for trained in (True, False):
+        model = pretrained_moe(
+            n_experts, top_k, hidden, balance, num_epochs=COURSE["moe_epochs"], seed=seed,
+            trained=trained,
+        )  # fmt: skip
+        with torch.no_grad():
+            model(ds.X_test)  # the load over every test token
+        loads.append(model.head.moe.load.tolist())
+        if trained:
+            macs = measure.macs(model, ds.X_test[:1])
+            acc = train.evaluate(model, ds, device="cpu")["acc"]
+            params = moe_params(model)
+    load, init_load = loads
+    return {
+        "acc": acc,
+        "macs": macs,
+        **params,
+        "load": load,
+        "load_max": max(load),
+        "init_load": init_load,
+    }
 
 
 _SWEEPS = {"exits": exits_run, "width": width_run, "moe": moe_run}
@@ -1064,7 +1178,7 @@ _SWEEPS = {"exits": exits_run, "width": width_run, "moe": moe_run}
 def course_points(seeds: int = COURSE["seeds"]) -> dict[str, list[dict]]:
     """The sweep points of notebook 06: ``exits`` (plain, summed, weighted x seeds), ``width``
     (slimmable and static widths) and ``moe`` (experts x top-k, a dense layer as big as 4
-    experts, and 8 experts without the balancing loss).
+    experts, and 8 experts top-1 with the balancing-loss weights ``COURSE["balances"]``).
     Example: ``course_points(3)["exits"][0]  # {'weights': 'none', 'seed': 0}``
     """
     from labkit import sweep
@@ -1075,7 +1189,9 @@ def course_points(seeds: int = COURSE["seeds"]) -> dict[str, list[dict]]:
         {"n_experts": e, "top_k": k, "hidden": hidden, "balance": balance} for e, k in COURSE["moe"]
     ]
     moe.append({"n_experts": 1, "top_k": 1, "hidden": 4 * hidden, "balance": balance})
-    moe.append({"n_experts": 8, "top_k": 1, "hidden": hidden, "balance": 0.0})
+    moe += [
+        {"n_experts": 8, "top_k": 1, "hidden": hidden, "balance": b} for b in COURSE["balances"]
+    ]
     return {
         "exits": sweep.grid(weights=["none", *WEIGHTS], seed=seeds),
         "width": sweep.grid(method=["slimmable"], width=list(COURSE["widths"]))
@@ -1091,7 +1207,7 @@ def _sweep(kind: str, points: Sequence[dict], progress: bool | None = None) -> l
         _SWEEPS[kind],
         points,
         name=f"06-dynamic-{kind}",
-        version=_sweep_version(),
+        version=_sweep_version(kind),
         progress=progress,
     )
 

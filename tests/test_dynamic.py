@@ -86,6 +86,20 @@ def test_exit_confidence_against_torch():
         dynamic.exit_confidence(logits, "margin")
 
 
+def test_entropy_confidence_with_an_impossible_class():
+    # a -inf logit is a class with probability 0: 0 log 0 = 0, not NaN
+    logits = torch.randn(40, 10, generator=torch.Generator().manual_seed(11)) * 2
+    logits[::2, 3] = -math.inf
+    logits[1::4, :5] = -math.inf
+    ent = torch.distributions.Categorical(logits=logits).entropy()  # (40,), clamps -inf itself
+    got = dynamic.exit_confidence(logits, "entropy")
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, (1 - ent / math.log(10)).clamp(0, 1))
+    one_hot = torch.tensor([[0.0, -math.inf, -math.inf]])  # certain: confidence exactly 1
+    assert dynamic.exit_confidence(one_hot, "entropy").item() == 1.0
+    assert dynamic.exit_confidence(one_hot, "max_prob").item() == 1.0
+
+
 def test_first_exit_matches_a_loop():
     conf = torch.rand(3, 200, generator=torch.Generator().manual_seed(2))
     for t in (0.0, 0.3, 0.7, 0.95, 1.5):
@@ -278,6 +292,96 @@ def test_per_exit_thresholds_match_a_loop_and_the_runner():
         dynamic.EarlyExit(model, [0.5, 0.5, 0.5])
 
 
+def _noisy_labels(model, x, seed, flip=0.3):
+    """Labels the last head gets right about ``1 - flip`` of the time: accuracy then varies with
+    the threshold, as it does on real data."""
+    y = dynamic.exit_logits(model, x)[-1].argmax(-1)
+    g = torch.Generator().manual_seed(seed)
+    flipped = torch.rand(len(y), generator=g) < flip
+    return torch.where(flipped, torch.randint(0, 10, y.shape, generator=g), y)
+
+
+THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 20)]
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.02, 0.1])
+def test_choose_threshold_is_the_cheapest_within_tolerance(tolerance):
+    model = _sharpening_exits()
+    x = _signals(300, seed=12)
+    y = _noisy_labels(model, x, seed=13)
+    logits = dynamic.exit_logits(model, x)
+    macs = dynamic.path_macs(model, x[:1])
+    conf = torch.softmax(logits, dim=-1).amax(-1)  # (E, N) by torch, not exit_confidence
+    pred = logits.argmax(-1)
+
+    def replay(t):  # accuracy and mean MACs of the rule, by a loop over samples
+        exits = [next((e for e in range(2) if conf[e, n] >= t), 2) for n in range(300)]
+        acc = sum(int(pred[e, n] == y[n]) for n, e in enumerate(exits)) / 300
+        return acc, sum(macs[e] for e in exits) / 300
+
+    ref = replay(2.0)[0]
+    ok = [(replay(t)[1], -t) for t in THRESHOLDS if replay(t)[0] >= ref - tolerance - 1e-12]
+    expected = -min(ok)[1] if ok else 2.0
+    got = dynamic.choose_threshold(logits, y, macs, THRESHOLDS, tolerance)
+    assert got == expected
+    if tolerance == 0.1:
+        assert got < max(THRESHOLDS)  # a looser tolerance lets the signals out earlier
+    with pytest.raises(ValueError, match="tolerance must be a number in"):
+        dynamic.choose_threshold(logits, y, macs, THRESHOLDS, -0.1)
+
+
+def test_operating_point_chooses_the_threshold_without_the_test_split(monkeypatch):
+    model = _sharpening_exits()
+    x_val, x_test = _signals(300, seed=14), _signals(300, seed=15)
+    macs = dynamic.path_macs(model, x_val[:1])
+    log = []
+
+    class Split:  # a dataset that logs when its test split is read
+        X_val, y_val = x_val, _noisy_labels(model, x_val, seed=16)
+
+        def __init__(self, X_test, y_test):
+            self._test = X_test, y_test
+
+        @property
+        def X_test(self):
+            log.append("test")
+            return self._test[0]
+
+        @property
+        def y_test(self):
+            log.append("test")
+            return self._test[1]
+
+    seen = []
+    choose = dynamic.choose_threshold
+
+    def spy(logits, y, *args, **kwargs):
+        seen.append((logits, y))
+        t = choose(logits, y, *args, **kwargs)
+        log.append("chosen")
+        return t
+
+    monkeypatch.setattr(dynamic, "choose_threshold", spy)
+    ds = Split(x_test, _noisy_labels(model, x_test, seed=17))
+    point = dynamic.operating_point(model, ds, macs, THRESHOLDS, 0.02)
+    assert log.index("chosen") < log.index("test"), "the test split was read before the choice"
+    torch.testing.assert_close(seen[0][0], dynamic.exit_logits(model, x_val))  # val logits only
+    assert torch.equal(seen[0][1], Split.y_val)
+    assert point["test"] == dynamic.exit_report(
+        dynamic.exit_logits(model, x_test), ds.y_test, point["threshold"], macs
+    )
+    # any test split, even noise with shuffled labels, leaves the choice where it was ...
+    noise = Split(torch.randn(300, 1, 40) * 5, ds.y_test[torch.randperm(300)])
+    other = dynamic.operating_point(model, noise, macs, THRESHOLDS, 0.02)
+    assert other["threshold"] == point["threshold"] and other["val"] == point["val"]
+    assert other["test"] != point["test"]
+    # ... while the validation split decides it (so the check above is not vacuous): labels the
+    # first head gets right let every signal out there
+    Split.y_val = dynamic.exit_logits(model, x_val)[0].argmax(-1)
+    clean = dynamic.operating_point(model, Split(x_test, ds.y_test), macs, THRESHOLDS, 0.02)
+    assert clean["threshold"] != point["threshold"]
+
+
 # --------------------------------------------------------------------------- slimmable width
 
 
@@ -358,17 +462,49 @@ def test_fit_slimmable_trains_all_widths():
 # --------------------------------------------------------------------------- mixture of experts
 
 
-def test_top_k_gates_are_the_renormalised_softmax():
+def test_top_1_gate_is_the_full_softmax_probability():
+    # Switch Transformer (Fedus et al., 2021): y = p_e(x) E_e(x) for the argmax expert e
+    logits = torch.randn(30, 8, generator=torch.Generator().manual_seed(6)) * 2
+    gates, experts = dynamic.top_k_gating(logits, 1)
+    assert torch.equal(experts[:, 0], logits.argmax(dim=-1))
+    ref = torch.softmax(logits, dim=-1).gather(1, logits.argmax(dim=-1, keepdim=True))  # (N, 1)
+    torch.testing.assert_close(gates, ref)
+    assert (gates < 1).all()  # not the constant 1 a softmax over one logit gives
+
+
+@pytest.mark.parametrize("k", [2, 3, 8])
+def test_top_k_gates_are_the_renormalised_softmax(k):
     logits = torch.randn(30, 8, generator=torch.Generator().manual_seed(6))
-    for k in (1, 2, 8):
-        gates, experts = dynamic.top_k_gating(logits, k)
-        probs = F.softmax(logits, dim=-1)
-        ref_p, ref_e = probs.topk(k, dim=-1)
-        assert torch.equal(experts, ref_e)
-        torch.testing.assert_close(gates, ref_p / ref_p.sum(-1, keepdim=True))
-        torch.testing.assert_close(gates.sum(-1), torch.ones(30))
+    gates, experts = dynamic.top_k_gating(logits, k)
+    ref_p, ref_e = torch.topk(torch.softmax(logits, dim=-1), k, dim=-1)
+    assert torch.equal(experts, ref_e)
+    torch.testing.assert_close(gates, ref_p / ref_p.sum(-1, keepdim=True))
+    torch.testing.assert_close(gates.sum(-1), torch.ones(30))
     with pytest.raises(ValueError, match="k must be an integer"):
         dynamic.top_k_gating(logits, 9)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_router_learns_from_the_task_loss(k):
+    torch.manual_seed(7)
+    moe = dynamic.MoE(dim=8, hidden=16, n_experts=4, top_k=k)
+    x, target = torch.randn(64, 8), torch.randn(64, 8)
+    F.mse_loss(moe(x), target).backward()  # the task loss alone, no balancing loss
+    grad = moe.router.weight.grad
+    assert grad is not None and grad.abs().max() > 1e-4, "the router gets no task gradient"
+    # and it is the gradient of the gated mixture: a central difference agrees
+    direction = torch.randn_like(moe.router.weight)
+    losses, routes = [], []
+    with torch.no_grad():
+        eps, w = 1e-3, moe.router.weight.clone()
+        for sign in (1, -1):
+            moe.router.weight.copy_(w + sign * eps * direction)
+            losses.append(F.mse_loss(moe(x), target))
+            routes.append(dynamic.top_k_gating(moe.router(x), k)[1])
+        moe.router.weight.copy_(w)
+    assert torch.equal(routes[0], routes[1])  # the step moves no token to another expert
+    numeric = (losses[0] - losses[1]) / (2 * eps)
+    assert float((grad * direction).sum()) == pytest.approx(float(numeric), rel=0.05, abs=1e-5)
 
 
 def test_all_experts_equal_and_k_equals_n_is_the_dense_layer():
@@ -473,7 +609,8 @@ def test_course_parts_cover_every_point_once():
     # the slimmable net serves every width; the full-width static net is the plain baseline
     assert len(parts["slim"]) == len(dynamic.COURSE["widths"])
     assert {kind for kind, _ in parts["plain"]} == {"exits", "width"}
-    assert len(parts["moe"]) == len(points["moe"]) == len(dynamic.COURSE["moe"]) + 2
+    extra = 1 + len(dynamic.COURSE["balances"])  # the wide dense layer, the balancing weights
+    assert len(parts["moe"]) == len(points["moe"]) == len(dynamic.COURSE["moe"]) + extra
     assert dynamic.EXIT_CONFIG == dynamic._config(_Mnist1dShape, None)
     with pytest.raises(ValueError, match="parts must be one of"):
         dynamic.prepare(["nope"])
