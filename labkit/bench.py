@@ -58,7 +58,8 @@ def claim(key: str, value: float, label: str, fmt: str = "{:.3g}") -> None:
     notebook), its ``value``, a human ``label`` and ``fmt`` for the README table.
 
     Prints nothing. Under ``labkit bench`` (``LABKIT_BENCH_FILE`` set) the claim is appended to
-    that file as a JSON line. Example: ``claim("kd_gap_closed", 0.62, "KD gap closed", "{:.0%}")``
+    that file as a JSON line. Example:
+    ``claim("moe_gain_pt", 7.1, "MoE gain over dense (pt)", "{:+.1f}")``
     """
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise ValueError(f"key must be a snake_case name like 'int8_speedup'; got {key!r}")

@@ -55,10 +55,12 @@ def _course_steps() -> list[Step]:
             f"distill:{part}",
             "labkit.distill:prepare",
             {"parts": [part]},
-            needs=("model:gpt/pydoc",) if part == "gpt" else (teacher, "distill:transfer"),
-            cost={"main": 45.0, "temperature": 9.0, "width": 19.0, "gpt": 20.0}[part],
+            needs={"gpt": ("model:gpt/pydoc",), "small": (teacher,)}.get(
+                part, (teacher, "distill:transfer")
+            ),
+            cost={"main": 45.0, "temperature": 9.0, "width": 19.0, "gpt": 20.0, "small": 6.0}[part],
         )
-        for part in ("main", "temperature", "width", "gpt")
+        for part in ("main", "temperature", "width", "gpt", "small")
     ]
     transfer = Step(
         "distill:transfer",
@@ -90,7 +92,7 @@ def _course_steps() -> list[Step]:
             ("weighted", 8.0),
             ("static", 8.0),
             ("slim", 10.0),
-            ("moe", 13.0),
+            ("moe", 14.0),
         )
     ]
     first = "prune:unstructured"  # trains and saves the seed-1 and seed-2 MLPs the others reuse

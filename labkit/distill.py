@@ -7,10 +7,13 @@
 - **Hints** (FitNets, Romero et al., 2015): ``HintLoss`` regresses a student feature onto a teacher
   feature through a learned projection; ``capture`` records intermediate features; ``fit_hints``
   is the FitNets first stage.
-- **Attention maps** (TinyBERT, Jiao et al., 2020): ``attention_maps`` recomputes every attention
-  matrix of a GPT/ViT, ``attention_loss`` matches them; ``distill_lm`` distils a character model.
-- **Layer selection** (DistilBERT, Sanh et al., 2019): ``init_from_teacher`` builds a shallower
-  student from every other teacher block (``select_layers``).
+- **Attention maps** (after TinyBERT, Jiao et al., 2020): ``attention_maps`` recomputes every
+  attention matrix of a GPT/ViT (post-softmax probabilities), ``attention_loss`` matches them
+  (TinyBERT itself matches the pre-softmax scores); ``distill_lm`` distils a character model.
+- **Layer selection** (after DistilBERT, Sanh et al., 2019): ``init_from_teacher`` builds a
+  shallower student from some of the teacher's blocks. Which ones is this course's own rule,
+  ``select_layers`` (evenly spaced from the first); it is also the default ``layer_map`` of
+  ``attention_loss``, so each student block is compared with the block it was copied from.
 
 Example:
     >>> import torch
@@ -18,7 +21,7 @@ Example:
     >>> s, t = torch.zeros(2, 10), torch.randn(2, 10)
     >>> round(distill.softened(torch.zeros(4), 2.0).sum().item(), 6)
     1.0
-    >>> distill.select_layers(12, 6)
+    >>> distill.select_layers(12, 6)  # DistilBERT's released init copied [0, 2, 4, 7, 9, 11]
     [0, 2, 4, 6, 8, 10]
 """
 
@@ -101,7 +104,8 @@ def kd_loss(
     The ``T²`` keeps the soft term's gradients the same size whatever the temperature (they scale
     as ``1/T²`` otherwise), so ``alpha`` means the same at every ``T``. Logits are (B, C) or
     (B, T, C) (flattened to rows); ``y`` holds class ids, and ``-1`` marks an unlabelled sample
-    (soft term only). ``y`` may be None only when ``alpha == 1``.
+    (soft term only). ``y`` may be None only when ``alpha == 1``. A teacher logit of ``-inf``
+    (a class it rules out) contributes ``0 log 0 = 0``, as in ``F.kl_div``.
     Example: ``loss = kd_loss(student(X), teacher_logits, y, temperature=4.0, alpha=0.9)``
     """
     temperature, alpha = _temperature(temperature), _alpha(alpha)
@@ -115,7 +119,11 @@ def kd_loss(
     t = teacher_logits.reshape(-1, C).detach()  # (N, C), no gradient into the teacher
     log_p_s = F.log_softmax(s / temperature, dim=-1)  # (N, C)
     log_p_t = F.log_softmax(t / temperature, dim=-1)  # (N, C)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)  # (N,) KL per sample
+    p_t = log_p_t.exp()  # (N, C)
+    # p log(p / q) with 0 log 0 = 0 (the xlogy convention of F.kl_div): a class the teacher rules
+    # out (logit -inf, p = 0) adds nothing, where 0 * (-inf - log q) would be NaN
+    terms = torch.where(p_t > 0, p_t * (log_p_t - log_p_s), torch.zeros_like(p_t))  # (N, C)
+    kl = terms.sum(dim=-1)  # (N,) KL per sample
     loss = alpha * temperature**2 * kl.mean()
     if alpha < 1.0:
         if y is None:
@@ -421,21 +429,31 @@ def attention_loss(
     teacher_maps: Sequence[Tensor],
     layer_map: Sequence[int] | None = None,
 ) -> Tensor:
-    """TinyBERT-style attention transfer: mean squared error between each student attention map
-    and the teacher map it is paired with, averaged over the pairs.
+    """Attention transfer after TinyBERT: the mean squared error between each student attention
+    map and the teacher map it is paired with, averaged over every entry and over the pairs.
 
-    ``layer_map[i]`` is the teacher layer for student layer ``i``; the default is TinyBERT's
-    uniform mapping ``(i + 1) * N // M - 1`` (the last teacher layer of each group). When head
-    counts differ, the maps are averaged over heads first. (TinyBERT matches pre-softmax scores;
-    probabilities avoid the -inf of causal masks and give the same fixed point.)
+    What is matched: the attention *probabilities* ``softmax(q k^T / sqrt(D))`` of
+    ``attention_maps`` (rows sum to 1; a causal model's masked entries are 0 on both sides and
+    add nothing). TinyBERT (Jiao et al., 2020, section 3.1) instead matches the unnormalised scores
+    ``q k^T / sqrt(D)`` before the softmax. Matching probabilities is weaker: a zero loss here
+    means the scores agree up to a constant per row (softmax ignores such shifts), and the
+    ``-inf`` a causal mask puts in the scores never enters the loss.
+
+    ``layer_map[i]`` is the teacher layer for student layer ``i``. The default,
+    ``select_layers(N, M)``, is the map ``init_from_teacher`` uses by default: each student block
+    is compared with the block it was initialised from. (TinyBERT's own uniform map pairs student
+    layer ``i`` with the last teacher layer of its group, ``(i + 1) * N // M - 1``; pass it
+    explicitly.) When head counts differ, the maps are averaged over heads first.
     Example: ``attention_loss(attention_maps(s, x)[1], attention_maps(t, x)[1])``
     """
     M, N = len(student_maps), len(teacher_maps)
     if M == 0 or N == 0:
         raise ValueError(f"maps must be non-empty lists; got {M} student and {N} teacher maps")
-    if layer_map is None:
-        layer_map = [(i + 1) * N // M - 1 for i in range(M)]
-    layer_map = list(layer_map)
+    if layer_map is None and M > N:
+        raise ValueError(
+            f"layer_map must be given when student_maps ({M}) outnumber teacher's ({N})"
+        )
+    layer_map = select_layers(N, M) if layer_map is None else list(layer_map)
     if len(layer_map) != M or not all(isinstance(j, int) and 0 <= j < N for j in layer_map):
         raise ValueError(
             f"layer_map must list {M} teacher layer indices in [0, {N - 1}]; got {layer_map}"
@@ -457,9 +475,14 @@ def attention_loss(
 
 
 def select_layers(num_teacher_layers: int, num_student_layers: int) -> list[int]:
-    """Which teacher blocks initialise the student: evenly spaced from the first, so half as many
-    layers means every other one (DistilBERT: 12 -> 6 takes 0, 2, ..., 10).
+    """Which teacher blocks initialise the student, by this course's own rule: evenly spaced from
+    the first, ``i * N // M``, so half as many layers means every other one (12 -> 6 takes 0, 2,
+    4, 6, 8, 10; 2 -> 1 takes block 0).
 
+    DistilBERT (Sanh et al., 2019) says it takes "one layer out of two"; the initialisation script
+    released with it (Hugging Face's ``extract_distilbert.py``) copies BERT-base layers
+    ``[0, 2, 4, 7, 9, 11]``, which this rule does not reproduce: pass such a list to
+    ``init_from_teacher`` (and the same list as ``layer_map``) to follow it.
     Example: ``select_layers(4, 2)  # [0, 2]``
     """
     n = check_int("num_teacher_layers", num_teacher_layers, minimum=1)
@@ -481,7 +504,8 @@ def init_from_teacher(teacher: nn.Module, layers: Sequence[int] | None = None) -
     ``layers`` (default: every other one, ``select_layers(n, n // 2)``), in that order.
 
     Embeddings, final LayerNorm and head are copied too (GPT's weight tying survives); the
-    config's layer count is updated; the teacher is untouched.
+    config's layer count is updated; the teacher is untouched. Give ``distill_lm`` the same list
+    as ``layer_map`` when it is not the default (``attention_loss`` assumes ``select_layers``).
     Example: ``student = init_from_teacher(models.pretrained("gpt", "pydoc"))``
     """
     blocks, path, field = _blocks(teacher)
@@ -525,7 +549,9 @@ def distill_lm(
     progress: bool | None = None,
 ) -> train.History:
     """Distil a character model in place: ``kd_loss`` on every position's next-character logits
-    plus ``attention_weight * attention_loss`` (TinyBERT) between the attention maps.
+    plus ``attention_weight * attention_loss`` between the attention maps. ``layer_map``: the
+    teacher block each student block is compared with (default ``select_layers``, the default
+    init of ``init_from_teacher``; pass the ``layers`` the student was initialised from).
 
     Batches, seeding, AdamW, clipping and the History follow ``train.fit_lm`` (validation loss in
     nats/char at 10 points and the end). ``alpha=0`` with ``attention_weight=0`` is plain training.
@@ -663,9 +689,61 @@ def mnist1d_run(
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist1d_train_logits() -> tuple[Any, Tensor]:
+    """(data, teacher logits for its 7,000 training inputs), computed once per process."""
+    from labkit import data as data_mod
+
+    mnist = data_mod.load("mnist1d")
+    with models._num_threads(1):
+        teacher = models.pretrained(*TEACHER)
+        logits = train.predict_logits(teacher, mnist.X_train, device="cpu")  # (N, 10)
+    return mnist, logits
+
+
+def small_data_run(
+    targets: str,
+    num_inputs: int,
+    seed: int = 0,
+    width: int = 256,
+    temperature: float = 8.0,
+    steps: int = 300,
+    lr: float = 1e-2,
+) -> dict:
+    """Train one MLP student on only the first ``num_inputs`` training signals, taught by the
+    teacher alone (``alpha = 1``): its argmax labels (``targets='hard'``) or its distribution
+    softened at ``temperature`` (``'soft'``). Returns the test accuracy and the parameter count.
+
+    The setting of Hinton, Vinyals & Dean (2015, section 6): with few inputs the soft targets
+    carry much more information per input than a label. Every run takes about ``steps``
+    optimizer steps at batch ``min(256, num_inputs)``, whatever ``num_inputs`` is. Deterministic
+    given ``seed``. Example: ``small_data_run("soft", 350)["acc"]  # a few points above "hard"``
+    """
+    from labkit import measure
+
+    check_choice("targets", targets, TARGETS)
+    check_int("width", width, minimum=1)
+    check_int("steps", steps, minimum=1)
+    mnist, logits = _mnist1d_train_logits()
+    n = check_int("num_inputs", num_inputs, minimum=1, maximum=len(mnist.X_train))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(check_int("seed", seed, minimum=0))
+        student = models.build("mlp", in_features=40, hidden=(width,))
+    batch_size = min(256, n)
+    epochs = max(1, round(steps / math.ceil(n / batch_size)))
+    subset = (mnist.X_train[:n], mnist.y_train[:n])  # the true labels are not used (alpha = 1)
+    with models._num_threads(1):
+        distill(student, logits[:n], subset, targets=targets, temperature=temperature, alpha=1.0,
+                num_epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device="cpu",
+                progress=False)  # fmt: skip
+        acc = train.evaluate(student, mnist, device="cpu")["acc"]
+    return {"acc": acc, "params": measure.count_params(student)}
+
+
 GPT_METHODS = ("scratch", "init", "init_kd", "init_kd_attn")
-"""The tiny-GPT comparison, all with half the teacher's blocks: random init; every other teacher
-block (DistilBERT) then plain training; that init plus soft targets; plus attention maps."""
+"""The tiny-GPT comparison, all with half the teacher's blocks: random init; the teacher blocks
+``select_layers`` picks (every other one) then plain training; that init plus soft targets; plus
+attention maps, each student block against the teacher block it was initialised from."""
 
 
 def gpt_run(method: str, seed: int = 0, steps: int = 200, temperature: float = 1.0) -> dict:
@@ -697,6 +775,7 @@ def gpt_run(method: str, seed: int = 0, steps: int = 200, temperature: float = 1
             temperature=temperature,
             alpha=0.5 if method.startswith("init_kd") else 0.0,
             attention_weight=1.0 if method == "init_kd_attn" else 0.0,
+            layer_map=layers,  # each block against the teacher block it was initialised from
             seed=seed,
             eval_batches=1,  # the in-training curve is not returned: keep it cheap
             device="cpu",
@@ -714,10 +793,13 @@ COURSE = {
     "alphas": (0.9,),
     "widths": (32, 64, 128, 256),
     "gpt_steps": 30,
+    "small_inputs": (350, 1400, 7000),
+    "small_temperature": 8.0,
 }
 """The grids notebook 02 shows; ``prepare`` computes exactly these so the notebook only reads.
-Sized so the four sweeps cost about 100 s of one CPU thread cold: 12 + 2 + 6 MLP students
-(the temperature and width sweeps reuse the main sweep's runs) and four 30-step GPT students."""
+Sized so the five sweeps cost about 100 s of one CPU thread cold: 12 + 2 + 6 MLP students
+(the temperature and width sweeps reuse the main sweep's runs), four 30-step GPT students and
+18 short small-data students (5 %, 20 % and all of the training inputs, hard vs soft)."""
 
 
 def _spelled_out(point: dict) -> dict:
@@ -746,6 +828,19 @@ def mnist1d_sweep(points: Sequence[dict], progress: bool | None = None) -> list[
     )
 
 
+def small_sweep(points: Sequence[dict], progress: bool | None = None) -> list[dict]:
+    """``sweep.run(small_data_run, points)``, cached on disk as sweep ``02-distill-small`` and
+    invalidated when the teacher's cache key changes.
+    Example: ``small_sweep(sweep.grid(targets=["hard", "soft"], num_inputs=[350]))``
+    """
+    from labkit import sweep
+
+    version = models.cache_key(*TEACHER)
+    return sweep.run(
+        small_data_run, points, name="02-distill-small", version=version, progress=progress
+    )
+
+
 def gpt_sweep(points: Sequence[dict], progress: bool | None = None) -> list[dict]:
     """``sweep.run(gpt_run, points)``, cached on disk as sweep ``02-distill-gpt``.
     Example: ``gpt_sweep(sweep.grid(method=list(GPT_METHODS), steps=[30]))``
@@ -762,10 +857,13 @@ def course_points(
     alphas: Sequence[float] = COURSE["alphas"],
     widths: Sequence[int] = COURSE["widths"],
     gpt_steps: int = COURSE["gpt_steps"],
+    small_inputs: Sequence[int] = COURSE["small_inputs"],
+    small_temperature: float = COURSE["small_temperature"],
 ) -> dict[str, list[dict]]:
     """The sweep points of notebook 02: ``main`` (every method x seed), ``temperature`` (soft
-    transfer-set KD over temperature x alpha), ``width`` (scratch vs distilled per width) and
-    ``gpt`` (every GPT method). Example: ``course_points()["main"][0]  # {'method': 'scratch', ..}``
+    transfer-set KD over temperature x alpha), ``width`` (scratch vs distilled per width),
+    ``gpt`` (every GPT method) and ``small`` (hard vs soft teacher targets on ``small_inputs``
+    training signals x seed). Example: ``course_points()["main"][0]  # {'method': 'scratch', ..}``
     """
     from labkit import sweep
 
@@ -781,17 +879,23 @@ def course_points(
         "gpt": sweep.grid(
             method=list(GPT_METHODS), steps=[check_int("gpt_steps", gpt_steps, minimum=1)]
         ),
+        "small": sweep.grid(
+            targets=list(TARGETS),
+            num_inputs=[check_int("small_inputs", n, minimum=1) for n in small_inputs],
+            temperature=[_temperature(small_temperature)],
+            seed=seeds,
+        ),
     }
 
 
-PARTS = ("main", "temperature", "width", "gpt")
+PARTS = ("main", "temperature", "width", "gpt", "small")
 """The sweeps of notebook 02, which ``labkit prepare`` may compute in separate worker processes."""
 
 
 def _part_points(points: dict[str, list[dict]], key: str) -> list[dict]:
     """The points part ``key`` computes: its own, less those the ``main`` part also holds (the
     seed-0 students at the main setting), so two worker processes never train the same run."""
-    if key in ("main", "gpt"):
+    if key in ("main", "gpt", "small"):
         return points[key]
     shared = [_spelled_out(p) for p in points["main"]]
     return [p for p in points[key] if _spelled_out(p) not in shared]
@@ -811,7 +915,7 @@ def prepare(
     parts = list(PARTS) if parts is None else [check_choice("parts", p, PARTS) for p in parts]
     points = course_points()
     out = {}
+    sweep_fns = {"gpt": gpt_sweep, "small": small_sweep}
     for key in parts:
-        sweep_fn = gpt_sweep if key == "gpt" else mnist1d_sweep
-        out[key] = sweep_fn(_part_points(points, key), progress)
+        out[key] = sweep_fns.get(key, mnist1d_sweep)(_part_points(points, key), progress)
     return out

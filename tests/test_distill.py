@@ -75,6 +75,43 @@ def test_kd_loss_matches_direct_formula_and_torch_kl_div(T, alpha):
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
+def _old_kd_soft(s, t, T):
+    """The soft term as first written, exp(log p_t) * (log p_t - log p_s): NaN at a -inf logit."""
+    log_p_s, log_p_t = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+    return T * T * (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean()
+
+
+def test_kd_loss_takes_0_log_0_as_0_when_the_teacher_rules_out_classes():
+    s = _logits(8, 10, seed=10).double()
+    t = _logits(8, 10, seed=11).double()
+    t[:, 3] = float("-inf")  # a class the teacher rules out everywhere
+    t[0, :5] = float("-inf")  # and half the classes of one sample
+    for T in (1.0, 4.0):
+        p_t, p_s = torch.softmax(t / T, -1), torch.softmax(s / T, -1)
+        xlogy = (torch.special.xlogy(p_t, p_t) - torch.special.xlogy(p_t, p_s)).sum(-1).mean()
+        kl_div = F.kl_div(F.log_softmax(s / T, -1), p_t, reduction="batchmean")  # xlogy inside
+        ours = distill.kd_loss(s, t, temperature=T, alpha=1.0)
+        assert torch.isfinite(ours) and torch.isnan(_old_kd_soft(s, t, T))
+        assert torch.allclose(ours, T * T * xlogy) and torch.allclose(ours, T * T * kl_div)
+        s_req = s.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(distill.kd_loss(s_req, t, temperature=T, alpha=1.0), s_req)
+        assert torch.allclose(grad, T * (p_s - p_t) / len(s))  # finite, the usual gradient
+    s[:, 3] = float("-inf")  # the student rules the same class out: still 0, not NaN
+    assert torch.isfinite(distill.kd_loss(s, t, temperature=2.0, alpha=1.0))
+    s[0, 7] = float("-inf")  # a class the teacher allows: the divergence is infinite
+    assert distill.kd_loss(s, t, temperature=2.0, alpha=1.0) == float("inf")
+
+
+def test_kd_loss_on_finite_logits_is_bitwise_the_old_formula():
+    s, t = _logits(32, 10, seed=12), _logits(32, 10, seed=13, scale=40.0)  # some p_t underflow
+    for T in (0.5, 1.0, 4.0):
+        assert torch.equal(distill.kd_loss(s, t, temperature=T, alpha=1.0), _old_kd_soft(s, t, T))
+        s_a, s_b = s.clone().requires_grad_(), s.clone().requires_grad_()
+        distill.kd_loss(s_a, t, temperature=T, alpha=1.0).backward()
+        _old_kd_soft(s_b, t, T).backward()
+        assert torch.equal(s_a.grad, s_b.grad)
+
+
 def test_kd_loss_is_zero_when_student_equals_teacher():
     t = _logits(8, 10)
     assert distill.kd_loss(t.clone(), t, temperature=3.0, alpha=1.0).abs() < 1e-6
@@ -192,6 +229,54 @@ def test_distill_accepts_precomputed_logits_and_checks_them():
         distill.distill(_mlp(), "cnn", (X, y), progress=False)
 
 
+def test_the_small_data_sweep_pairs_hard_and_soft_targets_on_the_same_inputs_and_seeds():
+    """Soft vs hard teacher targets with scarce inputs is a prepared sweep: every (inputs, seed)
+    has a hard and a soft run, scarce and plentiful inputs are both there, prepare runs it."""
+    from labkit import course
+
+    points = distill.course_points()["small"]
+    hard = [
+        {k: v for k, v in p.items() if k != "targets"} for p in points if p["targets"] == "hard"
+    ]
+    soft = [
+        {k: v for k, v in p.items() if k != "targets"} for p in points if p["targets"] == "soft"
+    ]
+    assert hard == soft and len({p["seed"] for p in hard}) == distill.COURSE["seeds"]
+    inputs = sorted({p["num_inputs"] for p in hard})
+    assert inputs[0] * 10 <= inputs[-1] == 7000  # scarce and plentiful
+    step = next(s for s in course.steps() if s.name == "distill:small")
+    assert step.kwargs == {"parts": ["small"]} and "model:cnn1d/mnist1d" in step.needs
+
+
+def test_small_data_run_teaches_the_first_inputs_with_the_teacher_alone(monkeypatch):
+    X, y = _toy(n=600)
+    X = torch.cat([X, X, X, X[:, :, :4]], dim=2)  # (600, 1, 40) like mnist1d
+    logits = _logits(600, 10, seed=14)
+
+    class Data:
+        X_train, y_train, X_test, y_test = X, y, X[:50], y[:50]
+
+    seen = {}
+
+    def fake_distill(student, teacher, data, **kw):
+        seen.update(kw, teacher=teacher, data=data)
+
+    monkeypatch.setattr(distill, "_mnist1d_train_logits", lambda: (Data, logits))
+    monkeypatch.setattr(distill, "distill", fake_distill)
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {"acc": 0.5})
+    out = distill.small_data_run("soft", 350, seed=1, temperature=8.0, steps=300)
+    assert out["acc"] == 0.5 and out["params"] == 40 * 256 + 256 + 256 * 10 + 10
+    assert seen["alpha"] == 1.0 and seen["targets"] == "soft" and seen["temperature"] == 8.0
+    assert torch.equal(seen["teacher"], logits[:350]) and torch.equal(seen["data"][0], X[:350])
+    assert seen["batch_size"] == 256 and seen["num_epochs"] * 2 == 300  # 2 batches per epoch
+    distill.small_data_run("hard", 100, steps=300)
+    assert seen["targets"] == "hard" and seen["batch_size"] == 100 and seen["num_epochs"] == 300
+    with pytest.raises(ValueError, match="num_inputs must be"):
+        distill.small_data_run("soft", 601)
+    with pytest.raises(ValueError, match="targets must be one of"):
+        distill.small_data_run("medium", 100)
+
+
 def test_mnist1d_run_checks_method_before_any_work():
     with pytest.raises(ValueError, match="method must be one of"):
         distill.mnist1d_run("magic")
@@ -272,24 +357,62 @@ def test_attention_loss():
     a = [torch.softmax(torch.randn(2, 2, 5, 5), -1) for _ in range(4)]
     assert distill.attention_loss(a, a).item() == 0.0
     b = [torch.softmax(torch.randn(2, 2, 5, 5), -1) for _ in range(2)]
-    # TinyBERT's uniform mapping: student 0 -> teacher 1, student 1 -> teacher 3
-    expected = (F.mse_loss(b[0], a[1]) + F.mse_loss(b[1], a[3])) / 2
-    assert torch.allclose(distill.attention_loss(b, a), expected)
+    # the default follows the default init (select_layers): student 0 -> teacher 0, 1 -> 2
     expected = (F.mse_loss(b[0], a[0]) + F.mse_loss(b[1], a[2])) / 2
-    assert torch.allclose(distill.attention_loss(b, a, [0, 2]), expected)
+    assert torch.allclose(distill.attention_loss(b, a), expected)
+    # TinyBERT's uniform mapping, passed explicitly: student 0 -> teacher 1, student 1 -> teacher 3
+    expected = (F.mse_loss(b[0], a[1]) + F.mse_loss(b[1], a[3])) / 2
+    assert torch.allclose(distill.attention_loss(b, a, [1, 3]), expected)
     one_head = [m.mean(1, keepdim=True) for m in b]
-    assert torch.allclose(
-        distill.attention_loss(one_head, b), F.mse_loss(b[1].mean(1), b[1].mean(1))
-    )
+    assert distill.attention_loss(one_head, b).item() == 0.0  # heads averaged first
+    swapped = F.mse_loss(b[0].mean(1), b[1].mean(1))
+    assert torch.allclose(distill.attention_loss(one_head, b, [1, 0]), swapped)
     with pytest.raises(ValueError, match="layer_map must list 2"):
         distill.attention_loss(b, a, [0, 4])
+    with pytest.raises(ValueError, match="layer_map must be given"):
+        distill.attention_loss(a, b)
+    assert torch.allclose(distill.attention_loss(a[:3], b, [0, 1, 1]), distill.attention_loss(
+        a[:3], [b[0], b[1], b[1]], [0, 1, 2]))  # fmt: skip
+
+
+@pytest.mark.parametrize("n_layer", [2, 4, 6])
+def test_default_attention_map_pairs_each_block_with_the_block_it_was_copied_from(n_layer):
+    """Right after the default init, student block 0 *is* teacher block 0 on the same input: the
+    default map must compare it with that block, so its term is exactly zero."""
+    teacher = _gpt(n_layer=n_layer)
+    student = distill.init_from_teacher(teacher)
+    idx = torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(4))
+    _, s_maps = distill.attention_maps(student, idx)
+    _, t_maps = distill.attention_maps(teacher, idx)
+    layers = distill.select_layers(n_layer, n_layer // 2)
+    assert distill.attention_loss(s_maps[:1], t_maps, layers[:1]).item() == 0.0
+    if n_layer == 2:  # one student block: the whole default loss is that term
+        assert distill.attention_loss(s_maps, t_maps).item() == 0.0
+    default = distill.attention_loss(s_maps, t_maps)
+    assert torch.equal(default, distill.attention_loss(s_maps, t_maps, layers))
+
+
+def test_gpt_run_compares_each_block_with_the_block_it_was_initialised_from(monkeypatch):
+    from labkit import data
+
+    teacher, seen = _gpt(n_layer=4), {}
+    monkeypatch.setattr(models, "pretrained", lambda *args, **kwargs: teacher)
+    monkeypatch.setattr(data, "load", lambda *args, **kwargs: _Text())
+    monkeypatch.setattr(distill, "distill_lm", lambda s, t, text, **kw: seen.update(kw, s=s))
+    distill.gpt_run("init_kd_attn", steps=1)
+    assert seen["attention_weight"] > 0 and seen["layer_map"] == [0, 2]
+    for i, j in enumerate(seen["layer_map"]):
+        for key, value in teacher.transformer.h[j].state_dict().items():
+            assert torch.equal(seen["s"].transformer.h[i].state_dict()[key], value)
 
 
 # --------------------------------------------------------------------------- layer selection
 
 
 def test_select_layers():
-    assert distill.select_layers(12, 6) == [0, 2, 4, 6, 8, 10]  # DistilBERT
+    # the course's rule; DistilBERT's released init copied BERT layers [0, 2, 4, 7, 9, 11]
+    assert distill.select_layers(12, 6) == [0, 2, 4, 6, 8, 10]
+    assert distill.select_layers(2, 1) == [0]  # the course's GPT: its student keeps block 0
     assert distill.select_layers(4, 2) == [0, 2]
     assert distill.select_layers(3, 3) == [0, 1, 2]
     assert distill.select_layers(6, 1) == [0]
@@ -395,7 +518,7 @@ def test_notebook_parameters_match_the_prepared_sweeps():
     exec(cell.source, params)
     notebook = distill.course_points(
         params["SEEDS"], params["TEMPERATURES"], params["ALPHAS"], params["WIDTHS"],
-        params["GPT_STEPS"],
+        params["GPT_STEPS"], params["SMALL_INPUTS"], params["SMALL_TEMPERATURE"],
     )  # fmt: skip
     assert notebook == distill.course_points()
 
@@ -428,10 +551,11 @@ def test_prepare_parts_train_every_course_point_exactly_once(monkeypatch):
 
     monkeypatch.setattr(distill, "mnist1d_sweep", fake("mnist1d"))
     monkeypatch.setattr(distill, "gpt_sweep", fake("gpt"))
+    monkeypatch.setattr(distill, "small_sweep", fake("small"))
     for part in distill.PARTS:
         distill.prepare([part])
     course = distill.course_points()
-    assert calls["gpt"] == course["gpt"]
+    assert calls["gpt"] == course["gpt"] and calls["small"] == course["small"]
 
     def key(point):
         return tuple(sorted(distill._spelled_out(point).items()))
