@@ -33,6 +33,7 @@ _SUBMODULES = (
     "prune_sweeps",
     "quant",
     "quant_int8",
+    "quant_integer",
     "distill",
     "lowbit",
     "dynamic",
