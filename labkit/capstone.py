@@ -13,7 +13,8 @@ Everything heavy comes from the earlier modules; this file only composes them:
   weights are integer codes packed ``bits`` each (``lowbit.pack_codes``), with a 1-bit mask of
   the non-zero codes when that is smaller. Its length is the "real bytes" of every stage.
 * **The challenge** (:func:`check`): the size of a submitted file on disk and the accuracy of
-  the model loaded back from it on held-out data, against :data:`CHALLENGE`.
+  the model loaded back from it on MNIST-1D's validation split, against :data:`CHALLENGE`.
+  Grading evaluates the same file on the test split (passed to :func:`check` as ``heldout``).
 * **Sustainability** (:func:`footprint`): ESTIMATED energy and CO2e from measured CPU time, with
   the assumptions (:data:`ASSUMPTIONS`) as parameters.
 
@@ -61,6 +62,7 @@ __all__ = [
     "int8_kernels",
     "latency",
     "code_bytes",
+    "mask_saving",
     "to_bytes",
     "from_bytes",
     "save",
@@ -78,9 +80,12 @@ TEACHER = distill.TEACHER
 STAGES = ("fp32", "distilled", "pruned", "int8", "lowbit")
 """The pipeline's stages in order; each is a model measured (and shipped) on its own."""
 
-CHALLENGE = MappingProxyType({"budget_bytes": 10_000, "min_acc": 0.95})
+CHALLENGE = MappingProxyType({"budget_bytes": 10_000, "min_acc": 0.94})
 """The graded challenge: a shipped file of at most ``budget_bytes`` whose model reaches
-``min_acc`` on the held-out test split. The teacher as it is (~49 KB) fails it."""
+``min_acc``: on the validation split when a student checks it (:func:`check`), on the test split
+when it is graded. The teacher as it is (~49 KB) fails it. The bar sits about a point below the
+teacher on either split (its validation accuracy is about a point below its test accuracy), so a
+model as accurate as the teacher passes both."""
 
 ASSUMPTIONS = MappingProxyType({"watts": 15.0, "grid_g_per_kwh": 400.0, "pue": 1.0})
 """The energy estimate's assumptions: a laptop CPU package drawing 15 W whenever it computes,
@@ -560,6 +565,19 @@ def code_bytes(numel: int, nnz: int, bits: int) -> int:
     return min(math.ceil(numel * bits / 8), math.ceil(numel / 8) + math.ceil(nnz * bits / 8))
 
 
+def mask_saving(density: float, bits: int) -> float:
+    """The fraction of the dense codes' bytes saved by a 1-bit mask of the non-zero weights plus
+    their codes, when a fraction ``density`` of ``numel`` weights is non-zero at ``bits`` per code:
+    dense ``numel * bits`` bits, masked ``numel + density * numel * bits`` bits, so the saving is
+    ``1 - density - 1 / bits`` (negative: the mask costs more than it saves). :func:`code_bytes`
+    is the same up to rounding to whole bytes.
+    Example: ``mask_saving(0.5, 8)  # 0.375``
+    """
+    density = _number("density", density, minimum=0.0, maximum=1.0)
+    bits = check_int("bits", bits, minimum=1, maximum=8)
+    return 1.0 - density - 1.0 / bits
+
+
 def _pack(codes: Tensor, zero: Tensor, bits: int) -> tuple[Tensor, int | None]:
     """:func:`code_bytes`' choice: the codes packed ``bits`` each, or a 1-bit mask of the codes
     that are not the zero code followed by those codes. Returns the bytes and the count of
@@ -690,8 +708,10 @@ def check(
     *,
     heldout: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Grade a submitted file: its size on disk, and the accuracy of the model loaded back from
-    it on ``heldout`` ``(X, y)`` (default: MNIST-1D's test split, never used for training). Returns
+    """Check a submitted file: its size on disk, and the accuracy of the model loaded back from
+    it on ``heldout`` ``(X, y)`` (default: MNIST-1D's validation split, never used for training).
+    The test split is kept for grading, which passes it as ``heldout``; checking a submission as
+    often as you like cannot tune it to the data it is graded on. Returns
     ``bytes, acc, budget_bytes, min_acc, fits, accurate, passed``.
     Example: ``check(save(compressed, "submission.lkc"))["passed"]``
     """
@@ -699,7 +719,7 @@ def check(
     min_acc = _number("min_acc", min_acc, minimum=0.0, maximum=1.0)
     size = measure.file_bytes(path)
     model = load(path)
-    X, y = data.load(DATASET).split("test") if heldout is None else heldout
+    X, y = data.load(DATASET).split("val") if heldout is None else heldout
     acc = train.evaluate(model, (X, y), device="cpu")["acc"]
     fits, accurate = size <= budget_bytes, acc >= min_acc
     return {

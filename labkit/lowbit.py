@@ -72,7 +72,8 @@ __all__ = [
 METHODS = ("rtn", "gptq", "kmeans", "grid", "twn", "absmean", "binary")
 """rtn/gptq: group-wise uniform grid; kmeans: 2^bits-level k-means codebook per layer; grid:
 2^bits evenly spaced levels over the layer's [min, max] (k-means' starting point: a uniform grid
-with one range per layer); twn/absmean: ternary; binary: sign x mean|w|."""
+with one range per layer); twn/absmean: ternary; binary: sign x mean|w| (XNOR-Net's binary
+weights, one scale per layer)."""
 
 
 @dataclass(frozen=True)
@@ -540,7 +541,10 @@ def ternarize(w: Tensor, threshold: float = 0.7) -> tuple[Tensor, Tensor]:
 
 
 def binarize(w: Tensor) -> tuple[Tensor, Tensor]:
-    """Binary weights (BinaryConnect/XNOR-Net): ``w ~ alpha * sign(w)``, ``alpha = mean|w|``.
+    """Binary weights with a scale (XNOR-Net's binary-weight approximation, Rastegari et al.,
+    2016): ``w ~ alpha * sign(w)``, ``alpha = mean|w|``, the least-squares scale for those signs
+    (one per layer here; the paper takes one per output filter). BinaryConnect (Courbariaux et
+    al., 2015) uses ``sign(w)`` with no scale.
 
     ``sign(0)`` is taken as +1 so every weight is ±1. Returns (signs int8, alpha () float16-exact).
     Example: ``s, a = binarize(w); w_hat = a * s``

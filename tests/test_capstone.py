@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from labkit import capstone, course, data, lowbit, measure, models, prune, quant, train
+from labkit.grading.source import read_notebook
+from labkit.grading.workbook import release_notebook
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -132,6 +135,28 @@ def test_code_bytes_is_what_the_packer_writes():
     assert capstone.code_bytes(1000, 500, 4) == 375 and capstone.code_bytes(1000, 900, 4) == 500
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("density", [0.25, 0.5])
+def test_mask_saving_is_what_the_packer_saves(bits, density):
+    # 1 - density - 1/bits, against the real bytes of dense and masked codes (whole bytes: numel
+    # and nnz chosen so that no byte is partly filled)
+    numel = 4096
+    keep = torch.zeros(numel, dtype=torch.bool)
+    keep[
+        torch.randperm(numel, generator=torch.Generator().manual_seed(bits))[: int(density * numel)]
+    ] = True
+    codes = torch.randint(1, 2**bits, (numel,), generator=torch.Generator().manual_seed(1)) * keep
+    dense = lowbit.pack_codes(codes, bits).numel()
+    masked = lowbit.pack_codes(keep, 1).numel() + lowbit.pack_codes(codes[keep], bits).numel()
+    assert capstone.mask_saving(density, bits) == pytest.approx(1 - masked / dense, abs=1e-12)
+    blob, nnz = capstone._pack(codes, torch.zeros_like(codes), bits)
+    if capstone.mask_saving(density, bits) > 0:  # the file stores the masked form then
+        assert nnz == int(keep.sum()) and blob.numel() == masked
+    assert capstone.mask_saving(0.5, 8) == pytest.approx(0.375)  # not "almost half"
+    with pytest.raises(ValueError, match="density"):
+        capstone.mask_saving(1.5, 4)
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -228,6 +253,46 @@ def test_check_reports_the_file_size_and_an_independent_accuracy(tmp_path):
     assert capstone.CHALLENGE["budget_bytes"] == 10_000
     with pytest.raises(TypeError):
         capstone.CHALLENGE["budget_bytes"] = 10**9  # read-only: a notebook cannot loosen it
+
+
+def test_check_evaluates_on_the_validation_split_not_the_test_split(tmp_path, monkeypatch):
+    # a model that is right on every validation signal and wrong on every test signal passes
+    model = _cnn()
+    ds = _tiny_data()
+    val_pred = _outputs(model, ds.X_val).argmax(-1)
+    test_wrong = (_outputs(model, ds.X_test).argmax(-1) + 1) % 10
+    ds = dataclasses.replace(ds, y_val=val_pred, y_test=test_wrong)
+    monkeypatch.setattr(capstone.data, "load", lambda *a, **k: ds)
+    path = capstone.save(model, tmp_path / "submission.lkc")
+    result = capstone.check(path, budget_bytes=10**6, min_acc=0.95)
+    assert result["acc"] == 1.0 and result["passed"]
+    graded = capstone.check(path, budget_bytes=10**6, min_acc=0.95, heldout=ds.split("test"))
+    assert graded["acc"] == 0.0 and not graded["passed"]  # grading passes the test split
+
+
+def test_released_capstone_shows_neither_the_recipe_nor_a_test_split_evaluation():
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "08_capstone.ipynb"
+    source = read_notebook(path)
+    workbook = release_notebook(source, path.name)
+    text = "\n".join(cell.source for cell in workbook.cells)
+    markdown = "\n".join(c.source for c in workbook.cells if c.cell_type == "markdown")
+    # the reference solution lives only in its solution region, which release strips
+    (cell,) = [
+        c
+        for c in source.cells
+        if c.metadata.get("nbgrader", {}).get("grade_id") == "ex3-challenge-solution"
+    ]
+    region = cell.source.split("### BEGIN SOLUTION")[1].split("### END SOLUTION")[0]
+    steps = [line.split("#")[0].strip() for line in region.splitlines()]
+    steps = [s for s in steps if any(k in s for k in ("prune.", "quant", "distill.", "bits"))]
+    assert steps, region
+    assert not [s for s in steps if s in text], "the workbook repeats the reference solution"
+    for phrase in ("reference solution", "5 bits per weight", "about 9 KB"):
+        assert phrase not in markdown, f"the workbook's prose gives the recipe away: {phrase!r}"
+    # nothing in the workbook evaluates on the test split: the checker's default is validation,
+    # and the graded test split appears only in the hidden tests
+    for needle in ('split("test")', "split('test')", "split=", "X_test", "y_test", "heldout"):
+        assert needle not in text, f"the workbook touches the test split: {needle!r}"
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit import lowbit, measure, quant
+from labkit import lowbit, measure, models, quant
 from labkit.lowbit import LowBitConfig
 
 
@@ -332,3 +334,43 @@ def test_to_bitlinear_then_pack_gives_the_same_function():
     packed = lowbit.quantize(bit, LowBitConfig(method="absmean", skip=("2",)))
     x = torch.randn(9, 12)
     assert torch.allclose(packed(x), bit(x), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- notebook 05's protocol
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def _code_cells(stem: str) -> list[str]:
+    nb = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text())
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def _run_until(stem: str, name: str) -> dict:
+    """Run a notebook's code cells in order until one defines ``name``; return the namespace."""
+    ns: dict = {}
+    for source in _code_cells(stem):
+        exec(compile(source, f"{stem}.ipynb", "exec"), ns)  # noqa: S102 - the course's own cells
+        if name in ns:
+            return ns
+    raise AssertionError(f"{stem} never defines {name}")
+
+
+@pytest.mark.skipif(not models.is_cached("gpt", "pydoc"), reason="needs labkit prepare")
+def test_notebook_05_reports_notebook_01s_fp32_perplexity(one_thread, capsys):
+    # one evaluation protocol: the fp32 perplexity 05 reports (and its sweep uses) is the one 01
+    # reports for the same zoo model, train.evaluate_lm on the whole validation split
+    nb05 = _run_until("05_lowbit_quantization", "fp32")
+    nb01 = _run_until("01_transformers", "result")
+    assert nb05["fp32"]["gpt"]["ppl"] == nb01["result"]["ppl"]
+    assert nb05["ppl"](nb05["gpt"]) == nb01["result"]["ppl"]
+
+
+def test_binarize_is_xnor_nets_scaled_sign_not_binaryconnect():
+    w = torch.randn(16, 24, generator=_gen(5))
+    signs, alpha = lowbit.binarize(w)
+    S = signs.double().flatten()[:, None]  # the least-squares alpha for these signs
+    best = torch.linalg.lstsq(S, w.double().flatten()[:, None]).solution.item()
+    assert alpha.item() == pytest.approx(best, rel=1e-3)  # float16-exact
+    summary = lowbit.binarize.__doc__.split("\n\n")[0]
+    assert "XNOR-Net" in summary and "BinaryConnect/" not in summary
