@@ -422,10 +422,12 @@ def attention_weights(
     causal: bool = False,
     scale: float | None = None,
 ) -> Tensor:
-    """softmax(q kᵀ · scale + mask), rows summing to 1: (..., T_q, T_k) from q (..., T_q, D), k.
+    """softmax(q kᵀ · scale + mask): (..., T_q, T_k) from q (..., T_q, D), k.
 
     ``scale`` defaults to 1/sqrt(D); a bool ``mask`` is True where attending is allowed, a float
-    mask is added to the scores.
+    mask is added to the scores. Each row sums to 1, except a query whose every key is masked
+    (all scores −inf): its row is all zeros, as in ``F.scaled_dot_product_attention`` (whose
+    ``_safe_softmax`` does the same), where a plain softmax would give 0/0 = NaN.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., T_q, T_k)
@@ -437,7 +439,9 @@ def attention_weights(
             scores = scores.masked_fill(~mask, float("-inf"))  # (..., T_q, T_k)
         else:
             scores = scores + mask  # (..., T_q, T_k)
-    return scores.softmax(dim=-1)  # (..., T_q, T_k)
+    # A fully masked row: softmax of zeros instead (finite, so no NaN in the gradient), then 0.
+    dead = (scores == float("-inf")).all(dim=-1, keepdim=True)  # (..., T_q, 1)
+    return scores.masked_fill(dead, 0.0).softmax(dim=-1).masked_fill(dead, 0.0)  # (..., T_q, T_k)
 
 
 def attention(
@@ -452,7 +456,8 @@ def attention(
     """Scaled dot-product attention, ``softmax(q kᵀ / sqrt(D)) v``: (..., T_q, D_v).
 
     Same arguments and result as ``F.scaled_dot_product_attention(q, k, v, mask, is_causal=...)``
-    (except that ``causal`` with T_q < T_k aligns the mask bottom-right, as a KV cache needs).
+    (except that ``causal`` with T_q < T_k aligns the mask bottom-right, as a KV cache needs),
+    including a query whose keys are all masked: its output is 0 (and its gradient 0), not NaN.
     Example: ``attention(q, k, v, causal=True)  # q, k, v (B, H, T, D)``
     """
     return attention_weights(q, k, mask, causal=causal, scale=scale) @ v  # (..., T_q, D_v)

@@ -152,8 +152,11 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
 def payload_bytes(model: nn.Module) -> int:
     """Bytes of tensor data in the state_dict, without the container: ``model_bytes - overhead``.
 
-    Each storage is counted once (tied weights share one); nested containers such as the packed
-    params of ``torch.ao`` quantized modules are searched too. For fp32 this is ``4 × entries``.
+    Parameters and buffers alike: a BatchNorm adds its running mean and variance and an int64
+    batch counter, which an inference with the BatchNorm folded into the conv never reads
+    (``count_params`` of the folded model counts what it does read). Each storage is counted
+    once (tied weights share one); nested containers such as the packed params of ``torch.ao``
+    quantized modules are searched too. For fp32 this is ``4 × entries``.
 
     Example: ``payload_bytes(nn.Linear(64, 10))  # 2600 == 4 * 650``
     """

@@ -1,13 +1,22 @@
 """Sparse storage: the real bytes of a pruned tensor or model once its zeros are left out.
 
 A pruned weight is still a dense tensor full of zeros; it only gets smaller when it is *encoded*.
-This module writes the encodings you could ship and reads them back, losslessly:
+This module writes the encodings you could ship and reads them back:
 
 - ``"dense"``: every value (the baseline);
 - ``"bitmask"``: one bit per entry (non-zero or not), then the non-zero values;
 - ``"csr"``: compressed sparse rows of the tensor viewed as (rows, cols): row pointers, column
   indices and the non-zero values; indices use the smallest of uint8 / uint16 / uint32 that fits
   (or the width you ask for).
+
+What a round trip keeps: ``"dense"`` every bit. ``"bitmask"`` and ``"csr"`` every non-zero entry
+bit for bit (subnormals, ±inf and NaN payloads included, whatever ``torch.set_flush_denormal``
+says, since zeros are found on the bit patterns), and every zero as a zero, but not the *sign* of a
+zero: −0.0 is left out like +0.0 and read back as +0.0. The two compare equal, so ``torch.equal``
+holds, and a layer's outputs can differ at most in the sign of an exactly zero result; the bit
+pattern, ``1 / x`` (−inf vs +inf) and ``copysign`` tell them apart. Keeping that sign would cost
+a bit per zero, and about half the zeros of a tensor pruned with ``torch.nn.utils.prune`` are −0.0
+(a negative weight times a 0 mask).
 
 Every encoding starts with a small header (format, dtype, shape, index widths), so
 ``from_sparse_bytes`` needs nothing else. ``sparse_nbytes`` predicts ``len(to_sparse_bytes(...))``
@@ -81,7 +90,11 @@ _MAGIC = b"LKSD1"  # a packed state dict
 def to_sparse_bytes(
     tensor: Tensor, format: str = "bitmask", index_bits: int | None = None
 ) -> bytes:
-    """Encode ``tensor`` as ``format`` ('dense', 'bitmask', 'csr'); lossless (see module doc).
+    """Encode ``tensor`` as ``format`` ('dense', 'bitmask', 'csr'); exact but for zeros' signs.
+
+    Entries equal to zero (+0.0 or −0.0, found on the bit patterns) are left out; every other
+    entry is stored bit for bit, so the round trip is bit-exact except that −0.0 comes back as
+    +0.0 (see the module doc). The dense format keeps every bit.
 
     CSR views the tensor as (shape[0], rest) (a 0-d or 1-d tensor as one row). ``index_bits``
     (8, 16 or 32) fixes the width of the CSR column indices; None picks the smallest that fits
@@ -99,7 +112,7 @@ def to_sparse_bytes(
     if format == "dense":
         return _header(format, t.dtype, shape, 0, 0) + _raw(t.reshape(-1))
     flat = t.reshape(-1)  # (n,)
-    keep = flat != 0  # (n,) bool
+    keep = _nonzero(flat)  # (n,) bool
     values = flat[keep]  # (nnz,)
     if format == "bitmask":
         bits = np.packbits(keep.numpy(), bitorder="little")  # (ceil(n / 8),) uint8
@@ -115,7 +128,9 @@ def to_sparse_bytes(
 
 
 def from_sparse_bytes(payload: bytes) -> Tensor:
-    """Decode what :func:`to_sparse_bytes` wrote back into a dense CPU tensor (exact values).
+    """Decode what :func:`to_sparse_bytes` wrote back into a dense CPU tensor.
+
+    Bit-exact but for the sign of zeros (a left-out −0.0 is read back as +0.0).
 
     Example: ``torch.equal(from_sparse_bytes(to_sparse_bytes(w, "csr")), w)  # True``
     """
@@ -312,6 +327,19 @@ def _detached(model: nn.Module) -> nn.Module:
 def _header(format: str, dtype: torch.dtype, shape: tuple[int, ...], ptr: int, idx: int) -> bytes:
     head = _HEADER.pack(_FORMAT_CODE[format], _DTYPES.index(dtype), len(shape), ptr, idx)
     return head + struct.pack(f"<{len(shape)}I", *shape)
+
+
+_SAME_WIDTH_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _nonzero(flat: Tensor) -> Tensor:
+    """True where an entry is not ±0, decided on the bits: a float comparison ``x != 0`` treats
+    subnormals as zero when the CPU flushes denormals (``torch.set_flush_denormal(True)``)."""
+    if not flat.is_floating_point():
+        return flat != 0  # (n,) bool
+    bits = flat.view(_SAME_WIDTH_INT[flat.element_size()])  # (n,) the raw bit patterns
+    sign = torch.tensor(1, dtype=bits.dtype) << (8 * flat.element_size() - 1)  # the sign bit
+    return (bits & ~sign) != 0  # (n,) bool: every bit but the sign
 
 
 def _raw(t: Tensor) -> bytes:

@@ -49,6 +49,36 @@ def test_attention_masks_and_scale_match_sdpa():
         torch.testing.assert_close(A.attention(q, k, v, mask, scale=0.3), ref, atol=1e-5, rtol=1e-5)
 
 
+def test_fully_masked_query_gives_zero_like_sdpa():
+    """A query with no key to attend to: SDPA returns 0 (and a zero gradient), not 0/0 = NaN."""
+    q, k, v = _qkv(2, 2, 4, 8, t_k=6)
+    bool_mask = torch.ones(4, 6, dtype=torch.bool)
+    bool_mask[1] = False  # query 1 may attend nothing
+    bool_mask[3, 2:] = False  # query 3 sees keys 0 and 1 only
+    float_mask = torch.zeros(2, 1, 4, 6).masked_fill(~bool_mask, float("-inf"))
+    for mask in (bool_mask, float_mask):
+        q_ours, q_ref = q.clone().requires_grad_(), q.clone().requires_grad_()
+        ours = A.attention(q_ours, k, v, mask)
+        ref = F.scaled_dot_product_attention(q_ref, k, v, attn_mask=mask)
+        assert torch.equal(ref[:, :, 1], torch.zeros(2, 2, 8))  # what SDPA does on this torch
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(ours[:, :, 1], torch.zeros(2, 2, 8))
+        ours.square().sum().backward()
+        ref.square().sum().backward()
+        assert torch.isfinite(q_ours.grad).all()
+        torch.testing.assert_close(q_ours.grad, q_ref.grad, atol=1e-5, rtol=1e-5)
+    w = A.attention_weights(q, k, bool_mask)
+    assert torch.equal(w[:, :, 1], torch.zeros(2, 2, 6))  # the dead row: zeros, not NaN
+    torch.testing.assert_close(w[:, :, [0, 2, 3]].sum(-1), torch.ones(2, 2, 3))
+    # causal and a padding mask together can also leave a row empty (query 0 sees key 0 only)
+    pad = torch.ones(6, 6, dtype=torch.bool)
+    pad[:, 0] = False
+    q, k, v = _qkv(1, 2, 6, 8)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=pad & A.causal_mask(6))
+    torch.testing.assert_close(A.attention(q, k, v, pad, causal=True), ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ref[:, :, 0], torch.zeros(1, 2, 8))
+
+
 def test_attention_weights_are_a_causal_distribution():
     q, k, _ = _qkv(1, 2, 6, 4)
     w = A.attention_weights(q, k, causal=True)

@@ -535,3 +535,52 @@ def test_bad_input_raises_one_line_value_error_naming_the_parameter(call, name):
     with pytest.raises(ValueError, match=name) as err:
         call(X, y)
     assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- DM and the class mean
+
+
+def test_the_class_mean_minimises_the_dm_loss_of_every_linear_embedding():
+    """One image per class, psi(x) = W x + b: the class-c term is ||W (mu_c - s_c)||², zero at the
+    class mean for every W; descending the DM loss over fresh random linear maps (DM's loop with a
+    linear embedding) reaches the class means from random real images."""
+    X, y = _images(per_class=10)
+    P = X.flatten(1).double()  # (30, 64)
+    means, y_means = condense.class_means(P, y)  # (3, 64)
+    idx = condense.random_select(y, 1, seed=0)
+    s, y_s = P[idx].clone().requires_grad_(), y[idx]
+    start = (s - means[y_s]).norm().item()
+    g = _gen(21)
+    for _ in range(300):
+        W = torch.randn(96, 64, generator=g, dtype=torch.float64) / math.sqrt(96)
+        b = torch.randn(96, generator=g, dtype=torch.float64)
+        at_mean = condense.dm_loss(P @ W.T + b, y, means @ W.T + b, y_means, 3)
+        assert at_mean < 1e-20  # the mean is a minimiser (loss 0) of this W ...
+        assert condense.dm_loss(P @ W.T + b, y, P[idx] @ W.T + b, y_s, 3) > 1e-3  # real: not
+        loss = condense.dm_loss(P @ W.T + b, y, s @ W.T + b, y_s, 3)
+        (grad,) = torch.autograd.grad(loss, s)
+        with torch.no_grad():
+            s -= 0.2 * grad
+    assert start > 1.0 and (s - means[y_s]).norm().item() < 1e-6 * start
+
+
+def test_notebook_07_learns_dm_with_the_course_recipe():
+    """The notebook's DM run and the iteration count its text gives come from condense.COURSE."""
+    from pathlib import Path
+
+    import nbformat
+
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "07_dataset_distillation.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    calls = [
+        line
+        for c in nb.cells
+        if c.cell_type == "code"
+        for line in c.source.splitlines()
+        if "condense.distribution_matching(" in line
+    ]
+    assert calls
+    for line in calls:  # either the untrained start (iterations=0) or the course recipe
+        assert "iterations=0" in line or "**DM" in line, line
+    typed = f"{condense.COURSE['dm']['iterations']} iterations"
+    assert not any(typed in c.source for c in nb.cells if c.cell_type == "markdown")

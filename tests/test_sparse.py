@@ -1,4 +1,5 @@
-"""labkit.sparse: lossless encodings, byte formulas equal real lengths, torch's CSR as oracle."""
+"""labkit.sparse: bit-exact encodings (but for the sign of zero), byte formulas equal real lengths,
+torch's CSR as oracle."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ CASES = [
 
 @pytest.mark.parametrize("fmt", sparse.FORMATS)
 @pytest.mark.parametrize("shape, density", CASES)
-def test_round_trip_is_lossless_and_length_matches_formula(fmt, shape, density):
+def test_round_trip_is_exact_and_length_matches_formula(fmt, shape, density):
     t = _sparse_tensor(shape, density)
     blob = sparse.to_sparse_bytes(t, fmt)
     back = sparse.from_sparse_bytes(blob)
@@ -51,6 +52,50 @@ def test_round_trip_other_dtypes(dtype):
         blob = sparse.to_sparse_bytes(t, fmt)
         assert torch.equal(sparse.from_sparse_bytes(blob), t)
         assert len(blob) == sparse.sparse_nbytes(t.shape, int(torch.count_nonzero(t)), fmt, dtype)
+
+
+_INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64}
+_INT_OF.update({torch.float16: torch.int16, torch.bfloat16: torch.int16})
+
+
+def _awkward(dtype):
+    """±0, ±subnormals, ±inf and NaNs with distinct payloads (set on the bit patterns), in dtype."""
+    ints = _INT_OF[dtype]
+    bits = 8 * torch.empty((), dtype=dtype).element_size()
+    info = torch.finfo(dtype)
+    mant = {torch.float32: 23, torch.float64: 52, torch.float16: 10, torch.bfloat16: 7}[dtype]
+    exp_all = ((1 << (bits - 1 - mant)) - 1) << mant  # exponent bits all ones
+    sign = -(1 << (bits - 1))  # the sign bit as a signed integer
+    nan_a, nan_b = exp_all | 1, exp_all | (1 << (mant - 1)) | 3  # a signalling and a quiet payload
+    raw = torch.tensor([nan_a, nan_b, sign | nan_b, 1, sign | 3], dtype=ints).view(dtype)
+    normal = [info.tiny, -info.tiny, info.max, float("inf"), float("-inf"), 1.5]
+    zeros = [0.0, -0.0, 0.0, -0.0]
+    return torch.cat([raw, torch.tensor(normal + zeros, dtype=dtype)]).repeat(3)  # (45,)
+
+
+@pytest.mark.parametrize("flush_denormal", [False, True])
+@pytest.mark.parametrize("dtype", list(_INT_OF), ids=lambda d: str(d)[6:])
+def test_round_trip_is_bit_exact_but_for_the_sign_of_zero(dtype, flush_denormal):
+    """Every non-zero bit pattern comes back, even when the CPU flushes denormals to zero; a zero
+    comes back as +0.0 whatever its sign (the documented exception)."""
+    t = _awkward(dtype).reshape(5, 9)
+    ints = _INT_OF[dtype]
+    expected = t.view(ints).clone()
+    expected[expected == torch.tensor(-0.0, dtype=dtype).view(ints)] = 0  # -0.0 -> +0.0
+    assert (t.view(ints) != expected).sum() == 6  # the test does hold negative zeros
+    nnz = int((expected != 0).sum())
+    torch.set_flush_denormal(flush_denormal)  # the default is False
+    try:
+        for fmt in sparse.FORMATS:
+            back = sparse.from_sparse_bytes(sparse.to_sparse_bytes(t, fmt))
+            want = t.view(ints) if fmt == "dense" else expected  # dense keeps every bit
+            assert torch.equal(back.view(ints), want), fmt
+            if fmt != "dense":
+                assert len(sparse.to_sparse_bytes(t, fmt)) == sparse.sparse_nbytes(
+                    t.shape, nnz, fmt, dtype
+                )
+    finally:
+        torch.set_flush_denormal(False)
 
 
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
