@@ -174,8 +174,7 @@ def _zeros_held(model: nn.Module) -> Iterator[None]:
 
 
 def _student(teacher: nn.Module, config: PipelineConfig) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-        torch.manual_seed(config.seed)
+    with utils.seeded(config.seed):  # seeded init without touching the global RNG
         return models.CNN1d(dataclasses.replace(teacher.config, channels=config.channels))
 
 
@@ -203,7 +202,7 @@ def train_stages(
         progress=progress,
     )
     seconds: dict[str, float] = {}
-    with models._num_threads(1):
+    with utils.num_threads(1):
         start = time.process_time()
         X = torch.cat([ds.X_train, transfer])  # (N + M, *input_shape)
         logits = train.predict_logits(teacher, X, device="cpu")  # (N + M, classes), once

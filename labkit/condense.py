@@ -337,8 +337,7 @@ def convnet(
     depth = check_int("depth", depth, minimum=1)
     check_int("image_size", image_size, minimum=2**depth)
     seed = check_int("seed", seed, minimum=0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with utils.seeded(seed):
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
         for _ in range(depth):
@@ -370,8 +369,7 @@ def eval_model(
         if len(shape) != 3 or shape[1] != shape[2]:
             raise ValueError(f"in_shape must be (C, S, S) for 'convnet'; got {shape}")
         return convnet(shape[0], shape[1], num_classes, width=16, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with utils.seeded(seed):
         features = 1
         for s in shape:
             features *= s

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from labkit.utils import check_int
+from labkit.utils import check_int, num_threads
 
 __all__ = ["Step", "steps", "prepare", "default_jobs", "usable_cores"]
 
@@ -180,20 +180,15 @@ def _prepare_model(name: str, dataset: str, progress: bool | None = None) -> dic
 
 def _call(target: str, kwargs: dict, progress: bool | None) -> tuple[Any, float]:
     """Run one step (in this or a worker process); return its summary and wall seconds."""
-    import torch
 
     module_name, fn_name = target.split(":")
     fn: Callable[..., Any] = getattr(importlib.import_module(module_name), fn_name)
     kwargs = dict(kwargs)
     if "progress" in fn.__code__.co_varnames[: fn.__code__.co_argcount]:
         kwargs["progress"] = progress
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     start = time.perf_counter()
-    try:
+    with num_threads(1):
         result = fn(**kwargs)
-    finally:
-        torch.set_num_threads(threads)
     summary = result if target == "labkit.course:_prepare_model" else None
     return summary, time.perf_counter() - start
 

@@ -340,8 +340,7 @@ def fit_hints(
     t_feat = torch.cat(chunks)  # (N, *teacher feature shape)
     with torch.no_grad(), capture(student, student_layer) as feats:
         s_dim = _run(student, X[:1], feats, student_layer).flatten(1).shape[1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with utils.seeded(seed):
         hint = HintLoss(s_dim, t_feat[0].numel())
     params = list(student.parameters()) + list(hint.parameters())
     opt = torch.optim.Adam(params, lr=lr)
@@ -576,7 +575,7 @@ def distill_lm(
     generator = torch.Generator().manual_seed(seed)
     use_maps = attention_weight > 0
     with (
-        train._seeded(seed, dev),
+        utils.seeded(seed, dev),
         train._on(student, dev, training=True),
         train._on(teacher, dev, training=False),
     ):
@@ -630,7 +629,7 @@ def _mnist1d_setup(transfer_samples: int) -> tuple[Any, Tensor, Tensor]:
 
     mnist = data_mod.load("mnist1d")
     X = torch.cat([mnist.X_train, transfer_inputs("mnist1d", transfer_samples, seed=1)])
-    with models._num_threads(1):
+    with utils.num_threads(1):
         logits = train.predict_logits(models.pretrained(*TEACHER), X, device="cpu")  # (N + M, 10)
     return mnist, X, logits
 
@@ -662,13 +661,12 @@ def mnist1d_run(
         check_int("transfer_samples", transfer_samples, minimum=100)
     )
     n = len(mnist.X_train)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(check_int("seed", seed, minimum=0))
+    with utils.seeded(check_int("seed", seed, minimum=0)):
         student = models.build("mlp", in_features=40, hidden=(width,))
     batch_size = 256
     steps = steps_epochs * math.ceil(n / batch_size)
     common = dict(lr=lr, batch_size=batch_size, seed=seed, device="cpu", progress=False)
-    with models._num_threads(1):
+    with utils.num_threads(1):
         if method == "scratch":
             train.fit(student, mnist, val=False, num_epochs=steps_epochs, optimizer="adamw",
                       schedule="cosine", **common)  # fmt: skip
@@ -695,7 +693,7 @@ def _mnist1d_train_logits() -> tuple[Any, Tensor]:
     from labkit import data as data_mod
 
     mnist = data_mod.load("mnist1d")
-    with models._num_threads(1):
+    with utils.num_threads(1):
         teacher = models.pretrained(*TEACHER)
         logits = train.predict_logits(teacher, mnist.X_train, device="cpu")  # (N, 10)
     return mnist, logits
@@ -726,13 +724,12 @@ def small_data_run(
     check_int("steps", steps, minimum=1)
     mnist, logits = _mnist1d_train_logits()
     n = check_int("num_inputs", num_inputs, minimum=1, maximum=len(mnist.X_train))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(check_int("seed", seed, minimum=0))
+    with utils.seeded(check_int("seed", seed, minimum=0)):
         student = models.build("mlp", in_features=40, hidden=(width,))
     batch_size = min(256, n)
     epochs = max(1, round(steps / math.ceil(n / batch_size)))
     subset = (mnist.X_train[:n], mnist.y_train[:n])  # the true labels are not used (alpha = 1)
-    with models._num_threads(1):
+    with utils.num_threads(1):
         distill(student, logits[:n], subset, targets=targets, temperature=temperature, alpha=1.0,
                 num_epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device="cpu",
                 progress=False)  # fmt: skip
@@ -758,12 +755,11 @@ def gpt_run(method: str, seed: int = 0, steps: int = 200, temperature: float = 1
     check_choice("method", method, GPT_METHODS)
     check_int("seed", seed, minimum=0)
     text = data_mod.load("pydoc")
-    with models._num_threads(1):
+    with utils.num_threads(1):
         teacher = models.pretrained("gpt", "pydoc")
         layers = select_layers(teacher.config.n_layer, max(1, teacher.config.n_layer // 2))
         if method == "scratch":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with utils.seeded(seed):
                 student = models.GPT(dataclasses.replace(teacher.config, n_layer=len(layers)))
         else:
             student = init_from_teacher(teacher, layers)

@@ -520,30 +520,28 @@ def per_sample_latency(
     if threads is not None:
         check_int("threads", threads, minimum=1)
     times = {n: np.zeros((rounds, len(X))) for n in names}
-    old_threads, gc_on = torch.get_num_threads(), gc.isenabled()
+    gc_on = gc.isenabled()
     modes = {n: m.training for n, m in variants.items()}
     try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        for m in variants.values():
-            m.eval()
-        for n in names:
-            for i in range(warmup):
-                variants[n](X[i % len(X)][None])
-        gc.collect()
-        gc.disable()
-        for r in range(rounds):
-            for i in range(len(X)):
-                x = X[i][None]  # (1, ...)
-                shift = (r * len(X) + i) % len(names)
-                for n in names[shift:] + names[:shift]:
-                    t0 = time.perf_counter()
-                    variants[n](x)
-                    times[n][r, i] = time.perf_counter() - t0
+        with utils.num_threads(threads):
+            for m in variants.values():
+                m.eval()
+            for n in names:
+                for i in range(warmup):
+                    variants[n](X[i % len(X)][None])
+            gc.collect()
+            gc.disable()
+            for r in range(rounds):
+                for i in range(len(X)):
+                    x = X[i][None]  # (1, ...)
+                    shift = (r * len(X) + i) % len(names)
+                    for n in names[shift:] + names[:shift]:
+                        t0 = time.perf_counter()
+                        variants[n](x)
+                        times[n][r, i] = time.perf_counter() - t0
     finally:
         if gc_on:
             gc.enable()
-        torch.set_num_threads(old_threads)
         for n, m in variants.items():
             m.train(modes[n])
     per_sample = {n: times[n].mean(axis=0) * 1e3 for n in names}  # (N,) ms
@@ -596,8 +594,7 @@ def fit_exits(
 
 def _build(spec: Mapping[str, Any], build: Callable[[], nn.Module]) -> nn.Module:
     """The untrained model: ``build()`` seeded with ``spec["seed"]``, the global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec["seed"])
+    with utils.seeded(spec["seed"]):
         return build()
 
 
@@ -616,7 +613,7 @@ def _cached(
             return model.eval()
         except (RuntimeError, OSError, EOFError, ValueError):
             path.unlink(missing_ok=True)  # corrupt or stale: retrain
-    with models._num_threads(1):  # tiny models train fastest, and repeatably, on one thread
+    with utils.num_threads(1):  # tiny models train fastest, and repeatably, on one thread
         fit(model)
     utils.atomic_torch_save(model.state_dict(), path)
     return model.eval()

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from labkit.utils import check_choice, check_int
+from labkit.utils import check_choice, check_int, num_threads
 
 __all__ = [
     "count_params",
@@ -486,13 +486,10 @@ def _time_variants(
     """Time each variant once per round, rotating who goes first; return seconds, threads used."""
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
-    old_threads = torch.get_num_threads()
     gc_enabled = gc.isenabled()
     try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        used = torch.get_num_threads()
-        with _eval_mode(*(m for m, _ in variants.values())):
+        with num_threads(threads), _eval_mode(*(m for m, _ in variants.values())):
+            used = torch.get_num_threads()
             for name in names:
                 model, args = variants[name]
                 for _ in range(warmup):
@@ -516,7 +513,6 @@ def _time_variants(
     finally:
         if gc_enabled:
             gc.enable()
-        torch.set_num_threads(old_threads)
     return times, used
 
 

@@ -17,14 +17,13 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import re
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -833,20 +832,6 @@ def _read_verified(path: Path, recipe: Recipe) -> tuple[nn.Module | None, dict |
     return model.eval(), info, ""
 
 
-@contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` torch threads inside the block only (None: leave the setting alone)."""
-    if threads is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(check_int("threads", threads, minimum=1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def train_recipe(recipe: Recipe, dataset: str, progress: bool | None = None) -> nn.Module:
     """A fresh model trained on CPU by ``recipe`` on ``dataset`` (seeded init and batch order),
     in eval mode; nothing is cached. ``pretrained`` uses it; so do experiments that need the same
@@ -857,8 +842,7 @@ def train_recipe(recipe: Recipe, dataset: str, progress: bool | None = None) -> 
     from labkit import train as train_mod
 
     data = data_mod.load(dataset, **dict(recipe.data_args))
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-        torch.manual_seed(recipe.seed)
+    with utils.seeded(recipe.seed):  # seeded init without touching the global RNG
         model = _from_config(recipe.config)
     common = dict(
         lr=recipe.lr,
@@ -949,7 +933,7 @@ def pretrained(
     the setting alone).
     Example: ``model = pretrained("lenet", "digits")``
     """
-    with _num_threads(threads):
+    with utils.num_threads(threads):
         model, _, _ = _get(name, dataset, retrain, progress)
     return model
 
@@ -1023,7 +1007,7 @@ def prepare(
     rows = []
     for name, dataset in _select(names):
         start = time.perf_counter()
-        with _num_threads(threads):
+        with utils.num_threads(threads):
             _, info, cached = _get(name, dataset, False, progress)
         path = cache_path(name, dataset)
         for stale in _stale_files(name, dataset, path):

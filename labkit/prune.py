@@ -369,8 +369,7 @@ def lottery_ticket(
         "val": False,
         "progress": False,
     }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with utils.seeded(seed):
         init = build()
         other = build()  # a second, independent random init for the control
     model = copy_model(init)

@@ -90,7 +90,7 @@ def dense_mlp(dataset: str, seed: int) -> nn.Module:
     path = utils.cache_dir("prune") / f"mlp-{dataset}-seed{seed}-{key}.pt"
     if path.exists():
         try:
-            with torch.random.fork_rng():  # leave the global RNG as training would
+            with torch.random.fork_rng(devices=[]):  # leave the global RNG as training would
                 model = models.build("mlp", recipe.config)
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return model.eval()

@@ -153,15 +153,6 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's RNG (dropout, ...) for the block; the caller's RNG state comes back after."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-@contextlib.contextmanager
 def _on(model: nn.Module, device: torch.device, training: bool) -> Iterator[None]:
     """Run the block with ``model`` on ``device`` in train/eval mode; restore both afterwards."""
     home, was_training = _model_device(model), model.training
@@ -221,7 +212,7 @@ def fit(
     history = History()
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    with _seeded(seed, dev), _on(model, dev, training=True):
+    with utils.seeded(seed, dev), _on(model, dev, training=True):
         opt = _optimizer(model, optimizer, lr, weight_decay)
         steps = num_epochs * _num_batches(train_source, batch_size)
         sched = _scheduler(opt, schedule, steps, warmup_steps)
@@ -366,7 +357,7 @@ def fit_lm(
     history = History()
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    with _seeded(seed, dev), _on(model, dev, training=True):
+    with utils.seeded(seed, dev), _on(model, dev, training=True):
         opt = _optimizer(model, optimizer, lr, weight_decay)
         sched = _scheduler(opt, schedule, steps, warmup_steps)
         total, count = 0.0, 0

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -29,6 +30,8 @@ T = TypeVar("T")
 
 __all__ = [
     "seed",
+    "seeded",
+    "num_threads",
     "get_device",
     "data_dir",
     "cache_dir",
@@ -61,6 +64,37 @@ def seed(value: int = 0) -> torch.Generator:
     np.random.seed(value % 2**32)
     torch.manual_seed(value)
     return torch.Generator().manual_seed(value)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run the block with torch's RNG seeded to ``seed`` (weight init, dropout, shuffles); the
+    caller's RNG state comes back afterwards, so a seeded call leaves the global RNG untouched.
+    The CPU generator always; ``device``'s too when it is a CUDA device.
+
+    Example: ``with seeded(0): model = nn.Linear(4, 2)  # the same weights every time``
+    """
+    seed = check_int("seed", seed, minimum=0)
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def num_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` torch threads inside the block only, restored even on error (None: leave
+    the setting alone). Example: ``with num_threads(1): train.fit(...)``
+    """
+    if threads is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(check_int("threads", threads, minimum=1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:

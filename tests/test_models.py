@@ -3,6 +3,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -254,8 +257,17 @@ def test_issue_2_entries_are_registered_with_distinct_stable_keys():
     assert expected <= set(models.RECIPES)
     keys = [models.cache_key(*entry) for entry in sorted(expected)]
     assert len(set(keys)) == len(keys)
-    assert keys == [models.cache_key(*entry) for entry in sorted(expected)]
     assert all(len(k) == 16 and int(k, 16) >= 0 for k in keys)
+    # stable: another interpreter, with another string-hash seed, computes the same keys
+    code = (
+        "import json; from labkit import models; "
+        f"print(json.dumps([models.cache_key(*e) for e in {sorted(expected)!r}]))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == keys
 
 
 @pytest.fixture

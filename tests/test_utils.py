@@ -26,6 +26,36 @@ def test_seed_returns_seeded_generator():
     assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
 
 
+def test_seeded_draws_the_seeds_stream_and_leaves_the_global_rng_untouched():
+    torch.manual_seed(123)
+    expected_next = torch.rand(5)  # what the global RNG draws next without the block
+    torch.manual_seed(123)
+    with utils.seeded(7):
+        inside = torch.rand(4)
+    assert torch.equal(inside, torch.rand(4, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(torch.rand(5), expected_next)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        with utils.seeded(-1):
+            pass
+
+
+def test_num_threads_sets_and_restores_even_on_error():
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with utils.num_threads(other):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with utils.num_threads(other):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with utils.num_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        with utils.num_threads(0):
+            pass
+
+
 def test_get_device_never_requires_cuda():
     dev = utils.get_device()
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
