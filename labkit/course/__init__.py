@@ -47,78 +47,24 @@ _MODEL_COST = {"gpt/pydoc": 120.0, "gpt_w64/pydoc": 25.0, "vit/digits": 22.0, "c
 _DATASETS = ("digits", "mnist1d", "pydoc")
 
 
+# One module per notebook with cached experiments; each defines ``steps()``: its part of
+# ``labkit prepare``, in the order the scheduler lists them.
+COURSE_MODULES = (
+    "nb02_distillation",
+    "nb03_pruning",
+    "nb06_dynamic",
+    "nb07_condense",
+    "nb08_capstone",
+)
+
+
 def _course_steps() -> list[Step]:
-    """The notebooks' cached sweeps, each after the models it reads."""
-    teacher = "model:cnn1d/mnist1d"
-    distill = [
-        Step(
-            f"distill:{part}",
-            "labkit.distill:prepare",
-            {"parts": [part]},
-            needs={"gpt": ("model:gpt/pydoc",), "small": (teacher,)}.get(
-                part, (teacher, "distill:transfer")
-            ),
-            cost={"main": 45.0, "temperature": 9.0, "width": 19.0, "gpt": 20.0, "small": 6.0}[part],
-        )
-        for part in ("main", "temperature", "width", "gpt", "small")
-    ]
-    transfer = Step(
-        "distill:transfer",
-        "labkit.distill:transfer_inputs",
-        {"dataset": "mnist1d", "num_samples": 20_000, "seed": 1},
-        cost=8.0,
-    )
-    condense = [
-        Step(
-            f"condense:{part}",
-            "labkit.condense:prepare",
-            {"parts": [part]},
-            needs=("data:digits",),
-            cost={"main": 17.0, "augment": 6.0}[part],
-        )
-        for part in ("main", "augment")
-    ]
-    dynamic = [
-        Step(
-            f"dynamic:{part}",
-            "labkit.dynamic:prepare",
-            {"parts": [part]},
-            needs=("data:mnist1d",) + (("dynamic:plain",) if part in ("slim", "moe") else ()),
-            cost=cost,
-        )
-        for part, cost in (
-            ("plain", 7.0),
-            ("summed", 8.0),
-            ("weighted", 8.0),
-            ("static", 8.0),
-            ("slim", 10.0),
-            ("moe", 14.0),
-        )
-    ]
-    first = "prune:unstructured"  # trains and saves the seed-1 and seed-2 MLPs the others reuse
-    prune = [
-        Step(
-            f"prune:{part}",
-            "labkit.prune_sweeps:prepare",
-            {"parts": [part]},
-            needs=needs,
-            cost=cost,
-        )
-        for part, needs, cost in (
-            ("unstructured", ("model:mlp/digits",), 20.0),
-            ("schedules", ("model:mlp/digits", first), 4.0),
-            ("structured", ("model:mlp/digits", first), 10.0),
-            ("lottery", ("data:digits",), 10.0),
-            ("vit", ("model:vit/digits",), 9.0),
-        )
-    ]
-    capstone = Step(
-        "capstone",
-        "labkit.capstone:prepare",
-        needs=("model:cnn1d/mnist1d", "model:mlp/mnist1d", "distill:transfer"),
-        cost=15.0,
-    )
-    return [transfer, *distill, *prune, *dynamic, *condense, capstone]
+    """The notebooks' cached sweeps, each after the models it reads: every course module's
+    ``steps()``, in :data:`COURSE_MODULES` order."""
+    out: list[Step] = []
+    for name in COURSE_MODULES:
+        out += importlib.import_module(f"labkit.course.{name}").steps()
+    return out
 
 
 def steps(only: Sequence[str] | None = None) -> list[Step]:
