@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit import condense
+from labkit.condense import coresets
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -177,8 +178,8 @@ def _inertia(P: torch.Tensor, centres: torch.Tensor) -> float:
 def test_kmeans_centroids_are_a_lloyd_fixed_point_matching_sklearn():
     cluster = pytest.importorskip("sklearn.cluster")
     P = torch.cat([torch.randn(30, 4, generator=_gen(7)) + 5 * i for i in range(3)]).double()
-    init = condense._kmeans_pp(P, 3, _gen(0))
-    ours = condense._lloyd(P, init, 100)
+    init = coresets._kmeans_pp(P, 3, _gen(0))
+    ours = coresets._lloyd(P, init, 100)
     assign = torch.cdist(P, ours).argmin(dim=1)
     for j in range(3):  # every centroid is the mean of the points nearest to it
         assert torch.allclose(ours[j], P[assign == j].mean(0))
@@ -194,10 +195,10 @@ def test_kmeans_centroids_are_a_lloyd_fixed_point_matching_sklearn():
 
 def test_lloyd_iterations_never_raise_the_objective():
     P = torch.randn(60, 3, generator=_gen(8), dtype=torch.float64)
-    centres = condense._kmeans_pp(P, 5, _gen(1))
+    centres = coresets._kmeans_pp(P, 5, _gen(1))
     objective = [_inertia(P, centres)]
     for _ in range(6):
-        centres = condense._lloyd(P, centres, 1)
+        centres = coresets._lloyd(P, centres, 1)
         objective.append(_inertia(P, centres))
     assert all(b <= a + 1e-12 for a, b in zip(objective, objective[1:]))
     assert objective[-1] < objective[0]
@@ -458,44 +459,6 @@ def test_set_bytes_equals_the_serialized_arrays(dtype, np_dtype):
     assert condense.set_bytes(X, y, dtype) == len(stored)
 
 
-# --------------------------------------------------------------------------- course sweep
-
-
-def test_course_points_cover_every_method_once():
-    points = condense.course_points()
-    main = points["main"]
-    assert all(set(p) == {"method", "ipc", "augment", "eval_augment", "seeds"} for p in main)
-    assert {p["method"] for p in main} == {*condense.METHODS, "full"}
-    assert [p["ipc"] for p in main if p["method"] == "means"] == [1]
-    assert len({tuple(sorted(p.items())) for p in main + points["augment"]}) == len(
-        main + points["augment"]
-    )  # no point is computed twice
-    assert condense.course_points([10, 1], 2)["main"][0] == {
-        "method": "random", "ipc": 1, "augment": 0, "eval_augment": 0, "seeds": 2,
-    }  # fmt: skip
-
-
-def test_notebook_parameters_match_the_prepared_sweep():
-    """labkit prepare computes condense.COURSE; notebook 07 must ask for exactly those points."""
-    from pathlib import Path
-
-    import nbformat
-
-    path = Path(__file__).resolve().parent.parent / "notebooks" / "07_dataset_distillation.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params: dict = {}
-    exec(cell.source, params)
-    assert condense.course_points(params["IPCS"], params["SEEDS"]) == condense.course_points()
-
-
-def test_course_run_record_is_consistent():
-    record = condense.course_run("means", 1, seeds=2, num_steps=10)
-    assert record["images"] == 10 and record["bytes"] == 10 * 64 * 4 + 10
-    assert record["samples"] == 10 * 10 and len(record["accs"]) == 2
-    assert len(record["pixels"]) == 640 and record["labels"] == list(range(10))
-
-
 # --------------------------------------------------------------------------- bad input
 
 
@@ -525,9 +488,6 @@ def test_course_run_record_is_consistent():
         (lambda X, y: condense.train_many([X], [y], [0, 1]), "Xs, ys and seeds"),
         (lambda X, y: condense.set_bytes(X, y, "int4"), "pixel_dtype"),
         (lambda X, y: condense.set_bytes(X, y + 300), "labels < 256"),
-        (lambda X, y: condense.course_run("full", 1), "ipc"),
-        (lambda X, y: condense.course_points([0]), "ipcs"),
-        (lambda X, y: condense.prepare(["nosuch"]), "parts"),
     ],
 )
 def test_bad_input_raises_one_line_value_error_naming_the_parameter(call, name):
@@ -562,25 +522,3 @@ def test_the_class_mean_minimises_the_dm_loss_of_every_linear_embedding():
         with torch.no_grad():
             s -= 0.2 * grad
     assert start > 1.0 and (s - means[y_s]).norm().item() < 1e-6 * start
-
-
-def test_notebook_07_learns_dm_with_the_course_recipe():
-    """The notebook's DM run and the iteration count its text gives come from condense.COURSE."""
-    from pathlib import Path
-
-    import nbformat
-
-    path = Path(__file__).resolve().parent.parent / "notebooks" / "07_dataset_distillation.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    calls = [
-        line
-        for c in nb.cells
-        if c.cell_type == "code"
-        for line in c.source.splitlines()
-        if "condense.distribution_matching(" in line
-    ]
-    assert calls
-    for line in calls:  # either the untrained start (iterations=0) or the course recipe
-        assert "iterations=0" in line or "**DM" in line, line
-    typed = f"{condense.COURSE['dm']['iterations']} iterations"
-    assert not any(typed in c.source for c in nb.cells if c.cell_type == "markdown")

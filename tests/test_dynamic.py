@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit import dynamic, measure
+from labkit.dynamic import zoo
 from labkit.models import CNN1d, CNN1dConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -223,12 +224,18 @@ def test_cached_models_train_once(tmp_data):
             model.weight.add_(1.0)
 
     spec = {"seed": 3, "what": "test"}
-    a = dynamic._cached("t", spec, lambda: nn.Linear(4, 2), fit)
-    b = dynamic._cached("t", spec, lambda: nn.Linear(4, 2), fit)
+    a = zoo._cached("t", spec, lambda: nn.Linear(4, 2), fit)
+    (path,) = (tmp_data / "cache" / "dynamic").glob("t-*.pt")
+    b = zoo._cached("t", spec, lambda: nn.Linear(4, 2), fit)
     assert len(calls) == 1
     torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
-    dynamic._cached("t", {**spec, "seed": 4}, lambda: nn.Linear(4, 2), fit)
+    zoo._cached("t", {**spec, "seed": 4}, lambda: nn.Linear(4, 2), fit)
     assert len(calls) == 2
+    # a loadable file with other weights fails its sha256 check: retrained, not trusted
+    torch.save({k: v + 1 for k, v in torch.load(path).items()}, path)
+    c = zoo._cached("t", spec, lambda: nn.Linear(4, 2), fit)
+    assert len(calls) == 3
+    torch.testing.assert_close(c.weight, a.weight, rtol=0, atol=0)
 
 
 def test_per_sample_latency_reports_every_model():
@@ -361,7 +368,7 @@ def test_operating_point_chooses_the_threshold_without_the_test_split(monkeypatc
         log.append("chosen")
         return t
 
-    monkeypatch.setattr(dynamic, "choose_threshold", spy)
+    monkeypatch.setattr("labkit.dynamic.exits.choose_threshold", spy)  # where operating_point looks
     ds = Split(x_test, _noisy_labels(model, x_test, seed=17))
     point = dynamic.operating_point(model, ds, macs, THRESHOLDS, 0.02)
     assert log.index("chosen") < log.index("test"), "the test split was read before the choice"
@@ -595,37 +602,18 @@ def test_fit_moe_uses_the_balancing_loss():
         dynamic.fit_moe(model, (x, y), balance=-1)
 
 
-# --------------------------------------------------------------------------- course sweeps
+def test_exit_config_is_the_cnn1d_config_for_mnist1d_with_its_channels():
+    assert dynamic.EXIT_CONFIG == zoo._config(_Mnist1dShape, None)
 
 
-def test_course_parts_cover_every_point_once():
-    points = dynamic.course_points(2)
-    assert len(points["exits"]) == 6 and {p["seed"] for p in points["exits"]} == {0, 1}
-    parts = {}
-    for kind, pts in points.items():
-        for p in pts:
-            parts.setdefault(dynamic._part(kind, p), []).append((kind, p))
-    assert set(parts) == set(dynamic.PARTS)
-    # the slimmable net serves every width; the full-width static net is the plain baseline
-    assert len(parts["slim"]) == len(dynamic.COURSE["widths"])
-    assert {kind for kind, _ in parts["plain"]} == {"exits", "width"}
-    extra = 1 + len(dynamic.COURSE["balances"])  # the wide dense layer, the balancing weights
-    assert len(parts["moe"]) == len(points["moe"]) == len(dynamic.COURSE["moe"]) + extra
-    assert dynamic.EXIT_CONFIG == dynamic._config(_Mnist1dShape, None)
-    with pytest.raises(ValueError, match="parts must be one of"):
-        dynamic.prepare(["nope"])
-
-
-def test_course_epochs_are_the_defaults_the_notebook_uses():
-    """Notebook 06 calls ``pretrained_slimmable()`` with its defaults: they must load the model the
-    sweep cached, not train another one."""
-    import inspect
-
-    for name, fn in (
-        ("slim_epochs", dynamic.pretrained_slimmable),
-        ("moe_epochs", dynamic.pretrained_moe),
-    ):
-        assert inspect.signature(fn).parameters["num_epochs"].default == dynamic.COURSE[name], name
+def test_width_channels_rounds_and_keeps_at_least_one():
+    assert [dynamic.width_channels(64, w) for w in (0.25, 0.5, 0.75, 1.0)] == [16, 32, 48, 64]
+    assert dynamic.width_channels(16, 0.01) == 1
+    assert dynamic.width_channels(10, 0.25) == 2  # round(2.5): half to even
+    slim = dynamic.SlimmableCNN1d(CONFIG)
+    for w in slim.widths:
+        chans = tuple(dynamic.width_channels(c, w) for c in CONFIG.channels)
+        assert slim.at_width(w).config.channels == chans
 
 
 class _Mnist1dShape:  # what models.config_for reads from a dataset

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit import data, models, train, utils
+from labkit.models import zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -273,7 +274,9 @@ def test_issue_2_entries_are_registered_with_distinct_stable_keys():
 @pytest.fixture
 def tiny_registry(tmp_data, monkeypatch):
     """An empty registry holding one tiny digits entry, a counting fit, and the cache folder."""
-    monkeypatch.setattr(models, "RECIPES", {})
+    registry = {}
+    monkeypatch.setattr(zoo, "RECIPES", registry)  # the registry the zoo functions read
+    monkeypatch.setattr(models, "RECIPES", registry)  # the re-exported name, kept in step
     recipe = models.Recipe(models.MLPConfig(hidden=(16,)), num_epochs=1, lr=1e-2, batch_size=32)
     models.register("tiny", "digits", recipe)
     calls = []
@@ -379,6 +382,22 @@ def test_changed_recipe_gets_a_new_file_and_prepare_removes_the_stale_one(tiny_r
     assert rows[0]["cached"] is True and len(calls) == 2
     with pytest.raises(ValueError, match="names must be"):
         models.prepare(["nosuch/digits"])
+
+
+def test_select_entries_picks_registered_entries_in_order(tiny_registry):
+    models.register("tiny", "mnist1d", models.RECIPES[("tiny", "digits")])
+    models.register("other", "digits", models.RECIPES[("tiny", "digits")])
+    everything = [("other", "digits"), ("tiny", "digits"), ("tiny", "mnist1d")]
+    assert models.select_entries(None) == everything
+    assert models.select_entries("tiny") == [("tiny", "digits"), ("tiny", "mnist1d")]
+    assert models.select_entries(["tiny/mnist1d", ("other", "digits"), "tiny"]) == [
+        ("tiny", "mnist1d"),
+        ("other", "digits"),
+        ("tiny", "digits"),
+    ]  # first-seen order, no repeats
+    for bad in (["nosuch"], ["tiny/nosuch"], [("tiny", "nosuch")]):
+        with pytest.raises(ValueError, match="names must be registered entries"):
+            models.select_entries(bad)
 
 
 def test_retrain_forces_training(tiny_registry):
