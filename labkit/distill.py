@@ -31,9 +31,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import inspect
 import math
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -42,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labkit import models, train, utils
+from labkit.data import as_xy
 from labkit.utils import check_choice, check_fraction, check_int
 
 __all__ = [
@@ -148,7 +147,7 @@ def gap_closed(student_acc: float, scratch_acc: float, teacher_acc: float) -> fl
     return (student_acc - scratch_acc) / (teacher_acc - scratch_acc)
 
 
-def transfer_inputs(dataset: str = "mnist1d", num_samples: int = 20_000, seed: int = 1) -> Tensor:
+def transfer_inputs(dataset: str, num_samples: int, seed: int) -> Tensor:
     """Extra *unlabelled* inputs for a transfer set: a fresh generated ``dataset`` (every split),
     labels thrown away. ``seed`` must differ from the training data's so the inputs are new.
 
@@ -209,7 +208,7 @@ def distill(
     """
     check_choice("targets", targets, TARGETS)
     temperature, alpha = _temperature(temperature), _alpha(alpha)
-    X, y = train._source("data", data, "train")
+    X, y = as_xy(data, "train")
     if transfer is not None:
         if not isinstance(transfer, Tensor) or transfer.shape[1:] != X.shape[1:]:
             shape = tuple(getattr(transfer, "shape", ()))
@@ -552,366 +551,31 @@ def distill_lm(
     teacher block each student block is compared with (default ``select_layers``, the default
     init of ``init_from_teacher``; pass the ``layers`` the student was initialised from).
 
-    Batches, seeding, AdamW, clipping and the History follow ``train.fit_lm`` (validation loss in
-    nats/char at 10 points and the end). ``alpha=0`` with ``attention_weight=0`` is plain training.
+    The training loop is ``train.fit_lm`` with this loss (``loss_fn``): batches, seeding, AdamW,
+    clipping and the History (validation loss in nats/char at 10 points and the end).
+    ``alpha=0`` with ``attention_weight=0`` is plain training.
     Example: ``distill_lm(init_from_teacher(gpt), gpt, load("pydoc"), steps=300)``
     """
-    train._check_text(text)
-    steps = check_int("steps", steps, minimum=1)
     temperature, alpha = _temperature(temperature), _alpha(alpha)
     if isinstance(attention_weight, bool) or not (
         isinstance(attention_weight, (int, float)) and attention_weight >= 0
     ):
         raise ValueError(f"attention_weight must be a number >= 0; got {attention_weight!r}")
-    check_int("batch_size", batch_size, minimum=1)
-    block_size = train._block_size(student, block_size)
-    check_choice("schedule", schedule, train.SCHEDULES)
-    check_int("seed", seed, minimum=0)
-    dev = utils.get_device(device)
-    eval_every = max(1, steps // 10)
-
-    history = train.History()
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
     use_maps = attention_weight > 0
-    with (
-        utils.seeded(seed, dev),
-        train._on(student, dev, training=True),
-        train._on(teacher, dev, training=False),
-    ):
-        opt = train._optimizer(student, "adamw", lr, weight_decay)
-        sched = train._scheduler(opt, schedule, steps)
-        total, count = 0.0, 0
-        for step in train._progress(range(1, steps + 1), progress, desc="distill", unit="step"):
-            x, y = text.get_batch("train", batch_size, block_size, generator=generator)  # (B, T)
-            x, y = x.to(dev), y.to(dev)
-            with torch.no_grad():
-                t_logits, t_maps = attention_maps(teacher, x) if use_maps else (teacher(x), [])
-            s_logits, s_maps = attention_maps(student, x) if use_maps else (student(x), [])
-            loss = kd_loss(s_logits, t_logits, y, temperature=temperature, alpha=alpha)
-            if use_maps:
-                loss = loss + attention_weight * attention_loss(s_maps, t_maps, layer_map)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
-            opt.step()
-            sched.step()
-            total, count = total + loss.item(), count + 1
-            if step % eval_every == 0 or step == steps:
-                history.train_loss.append(total / count)
-                history.steps.append(step)
-                total, count = 0.0, 0
-                metrics = train.evaluate_lm(
-                    student, text, batch_size=batch_size, block_size=block_size,
-                    num_batches=eval_batches, device=dev,
-                )  # fmt: skip
-                student.train()
-                history.val_loss.append(metrics["loss"])
-    history.seconds = time.perf_counter() - start
-    return history
 
+    def loss_fn(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:  # x, y: (B, T)
+        with torch.no_grad():
+            t_logits, t_maps = attention_maps(teacher, x) if use_maps else (teacher(x), [])
+        s_logits, s_maps = attention_maps(model, x) if use_maps else (model(x), [])
+        loss = kd_loss(s_logits, t_logits, y, temperature=temperature, alpha=alpha)
+        if use_maps:
+            loss = loss + attention_weight * attention_loss(s_maps, t_maps, layer_map)
+        return loss
 
-# --------------------------------------------------------------------------- the course experiments
-
-METHODS = ("scratch", "kd_same", "transfer_hard", "transfer_soft")
-"""The mnist1d comparison: the student alone; soft KD on the same 7,000 inputs; a transfer set
-labelled with the teacher's hard labels; the same transfer set with its soft labels."""
-
-TEACHER = ("cnn1d", "mnist1d")
-"""The pretrained teacher of the mnist1d experiments (a 1-D CNN, ~97 % test accuracy)."""
-
-
-@functools.lru_cache(maxsize=4)
-def _mnist1d_setup(transfer_samples: int) -> tuple[Any, Tensor, Tensor]:
-    """(data, inputs = train + transfer, teacher logits for them), computed once per process."""
-    from labkit import data as data_mod
-
-    mnist = data_mod.load("mnist1d")
-    X = torch.cat([mnist.X_train, transfer_inputs("mnist1d", transfer_samples, seed=1)])
-    with utils.num_threads(1):
-        logits = train.predict_logits(models.pretrained(*TEACHER), X, device="cpu")  # (N + M, 10)
-    return mnist, X, logits
-
-
-def mnist1d_run(
-    method: str,
-    seed: int = 0,
-    width: int = 256,
-    temperature: float = 2.0,
-    alpha: float = 0.9,
-    steps_epochs: int = 60,
-    transfer_samples: int = 20_000,
-    lr: float = 1e-2,
-) -> dict:
-    """Train one MLP student (one hidden layer of ``width``) on mnist1d with ``method`` (see
-    ``METHODS``) and return its test accuracy, parameters, MACs per sample and fp32 bytes.
-
-    Every method takes the same number of optimizer steps: ``steps_epochs`` epochs of the 7,000
-    training inputs at batch 256 (transfer-set runs go through their larger set fewer times).
-    Deterministic given ``seed`` (weights and batch order). Used by the notebook's cached sweeps.
-    Example: ``mnist1d_run("transfer_soft", seed=0)["acc"]  # about 0.8``
-    """
-    from labkit import measure
-
-    check_choice("method", method, METHODS)
-    check_int("width", width, minimum=1)
-    check_int("steps_epochs", steps_epochs, minimum=1)
-    mnist, X_all, logits = _mnist1d_setup(
-        check_int("transfer_samples", transfer_samples, minimum=100)
-    )
-    n = len(mnist.X_train)
-    with utils.seeded(check_int("seed", seed, minimum=0)):
-        student = models.build("mlp", in_features=40, hidden=(width,))
-    batch_size = 256
-    steps = steps_epochs * math.ceil(n / batch_size)
-    common = dict(lr=lr, batch_size=batch_size, seed=seed, device="cpu", progress=False)
-    with utils.num_threads(1):
-        if method == "scratch":
-            train.fit(student, mnist, val=False, num_epochs=steps_epochs, optimizer="adamw",
-                      schedule="cosine", **common)  # fmt: skip
-        elif method == "kd_same":
-            distill(student, logits[:n], mnist, num_epochs=steps_epochs,
-                    temperature=temperature, alpha=alpha, **common)  # fmt: skip
-        else:
-            epochs = max(1, round(steps / math.ceil(len(X_all) / batch_size)))
-            distill(student, logits, mnist, transfer=X_all[n:], num_epochs=epochs,
-                    targets="hard" if method == "transfer_hard" else "soft",
-                    temperature=temperature, alpha=alpha, **common)  # fmt: skip
-        acc = train.evaluate(student, mnist, device="cpu")["acc"]
-    return {
-        "acc": acc,
-        "params": measure.count_params(student),
-        "macs": measure.macs(student, mnist.X_test[:1]),
-        "bytes": measure.model_bytes(student),
-    }
-
-
-@functools.lru_cache(maxsize=1)
-def _mnist1d_train_logits() -> tuple[Any, Tensor]:
-    """(data, teacher logits for its 7,000 training inputs), computed once per process."""
-    from labkit import data as data_mod
-
-    mnist = data_mod.load("mnist1d")
-    with utils.num_threads(1):
-        teacher = models.pretrained(*TEACHER)
-        logits = train.predict_logits(teacher, mnist.X_train, device="cpu")  # (N, 10)
-    return mnist, logits
-
-
-def small_data_run(
-    targets: str,
-    num_inputs: int,
-    seed: int = 0,
-    width: int = 256,
-    temperature: float = 8.0,
-    steps: int = 300,
-    lr: float = 1e-2,
-) -> dict:
-    """Train one MLP student on only the first ``num_inputs`` training signals, taught by the
-    teacher alone (``alpha = 1``): its argmax labels (``targets='hard'``) or its distribution
-    softened at ``temperature`` (``'soft'``). Returns the test accuracy and the parameter count.
-
-    The setting of Hinton, Vinyals & Dean (2015, section 6): with few inputs the soft targets
-    carry much more information per input than a label. Every run takes about ``steps``
-    optimizer steps at batch ``min(256, num_inputs)``, whatever ``num_inputs`` is. Deterministic
-    given ``seed``. Example: ``small_data_run("soft", 350)["acc"]  # a few points above "hard"``
-    """
-    from labkit import measure
-
-    check_choice("targets", targets, TARGETS)
-    check_int("width", width, minimum=1)
-    check_int("steps", steps, minimum=1)
-    mnist, logits = _mnist1d_train_logits()
-    n = check_int("num_inputs", num_inputs, minimum=1, maximum=len(mnist.X_train))
-    with utils.seeded(check_int("seed", seed, minimum=0)):
-        student = models.build("mlp", in_features=40, hidden=(width,))
-    batch_size = min(256, n)
-    epochs = max(1, round(steps / math.ceil(n / batch_size)))
-    subset = (mnist.X_train[:n], mnist.y_train[:n])  # the true labels are not used (alpha = 1)
-    with utils.num_threads(1):
-        distill(student, logits[:n], subset, targets=targets, temperature=temperature, alpha=1.0,
-                num_epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device="cpu",
-                progress=False)  # fmt: skip
-        acc = train.evaluate(student, mnist, device="cpu")["acc"]
-    return {"acc": acc, "params": measure.count_params(student)}
-
-
-GPT_METHODS = ("scratch", "init", "init_kd", "init_kd_attn")
-"""The tiny-GPT comparison, all with half the teacher's blocks: random init; the teacher blocks
-``select_layers`` picks (every other one) then plain training; that init plus soft targets; plus
-attention maps, each student block against the teacher block it was initialised from."""
-
-
-def gpt_run(method: str, seed: int = 0, steps: int = 200, temperature: float = 1.0) -> dict:
-    """Train a GPT student with half the layers of the pretrained ``gpt``/``pydoc`` teacher by
-    ``method`` (see ``GPT_METHODS``) for ``steps`` steps; return its validation loss (nats/char,
-    on the whole validation split), perplexity and parameter count. Deterministic given ``seed``.
-    Example: ``gpt_run("init_kd", steps=200)["ppl"]``
-    """
-    from labkit import data as data_mod
-    from labkit import measure
-
-    check_choice("method", method, GPT_METHODS)
-    check_int("seed", seed, minimum=0)
-    text = data_mod.load("pydoc")
-    with utils.num_threads(1):
-        teacher = models.pretrained("gpt", "pydoc")
-        layers = select_layers(teacher.config.n_layer, max(1, teacher.config.n_layer // 2))
-        if method == "scratch":
-            with utils.seeded(seed):
-                student = models.GPT(dataclasses.replace(teacher.config, n_layer=len(layers)))
-        else:
-            student = init_from_teacher(teacher, layers)
-        distill_lm(
-            student,
-            teacher,
-            text,
-            steps=steps,
-            temperature=temperature,
-            alpha=0.5 if method.startswith("init_kd") else 0.0,
-            attention_weight=1.0 if method == "init_kd_attn" else 0.0,
-            layer_map=layers,  # each block against the teacher block it was initialised from
-            seed=seed,
-            eval_batches=1,  # the in-training curve is not returned: keep it cheap
-            device="cpu",
-            progress=False,
-        )
-        result = train.evaluate_lm(student, text, device="cpu")
-    return {**result, "params": measure.count_params(student)}
-
-
-# --------------------------------------------------------------------------- cached sweeps
-
-COURSE = {
-    "seeds": 3,
-    "temperatures": (1.0, 2.0, 8.0),
-    "alphas": (0.9,),
-    "widths": (32, 64, 128, 256),
-    "gpt_steps": 30,
-    "small_inputs": (350, 1400, 7000),
-    "small_temperature": 8.0,
-}
-"""The grids notebook 02 shows; ``prepare`` computes exactly these so the notebook only reads.
-Sized so the five sweeps cost about 100 s of one CPU thread cold: 12 + 2 + 6 MLP students
-(the temperature and width sweeps reuse the main sweep's runs), four 30-step GPT students and
-18 short small-data students (5 %, 20 % and all of the training inputs, hard vs soft)."""
-
-
-def _spelled_out(point: dict) -> dict:
-    """``point`` with every ``mnist1d_run`` default filled in (how the sweep caches it)."""
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(mnist1d_run).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    return {**defaults, **point}
-
-
-def mnist1d_sweep(points: Sequence[dict], progress: bool | None = None) -> list[dict]:
-    """``sweep.run(mnist1d_run, points)``, cached on disk as sweep ``02-distill-mnist1d`` and
-    invalidated when the teacher's cache key changes.
-    Example: ``mnist1d_sweep(sweep.grid(method=list(METHODS), seed=[0, 1, 2]))``
-    """
-    from labkit import sweep
-
-    version = models.cache_key(*TEACHER)
-    # Every point spelled out in full, so one run shared by two sweeps (say the width sweep's
-    # 256-wide student and the main sweep's seed 0) is trained once and cached once.
-    points = [_spelled_out(point) for point in points]
-    return sweep.run(
-        mnist1d_run, points, name="02-distill-mnist1d", version=version, progress=progress
-    )
-
-
-def small_sweep(points: Sequence[dict], progress: bool | None = None) -> list[dict]:
-    """``sweep.run(small_data_run, points)``, cached on disk as sweep ``02-distill-small`` and
-    invalidated when the teacher's cache key changes.
-    Example: ``small_sweep(sweep.grid(targets=["hard", "soft"], num_inputs=[350]))``
-    """
-    from labkit import sweep
-
-    version = models.cache_key(*TEACHER)
-    return sweep.run(
-        small_data_run, points, name="02-distill-small", version=version, progress=progress
-    )
-
-
-def gpt_sweep(points: Sequence[dict], progress: bool | None = None) -> list[dict]:
-    """``sweep.run(gpt_run, points)``, cached on disk as sweep ``02-distill-gpt``.
-    Example: ``gpt_sweep(sweep.grid(method=list(GPT_METHODS), steps=[30]))``
-    """
-    from labkit import sweep
-
-    version = models.cache_key("gpt", "pydoc")
-    return sweep.run(gpt_run, points, name="02-distill-gpt", version=version, progress=progress)
-
-
-def course_points(
-    seeds: int = COURSE["seeds"],
-    temperatures: Sequence[float] = COURSE["temperatures"],
-    alphas: Sequence[float] = COURSE["alphas"],
-    widths: Sequence[int] = COURSE["widths"],
-    gpt_steps: int = COURSE["gpt_steps"],
-    small_inputs: Sequence[int] = COURSE["small_inputs"],
-    small_temperature: float = COURSE["small_temperature"],
-) -> dict[str, list[dict]]:
-    """The sweep points of notebook 02: ``main`` (every method x seed), ``temperature`` (soft
-    transfer-set KD over temperature x alpha), ``width`` (scratch vs distilled per width),
-    ``gpt`` (every GPT method) and ``small`` (hard vs soft teacher targets on ``small_inputs``
-    training signals x seed). Example: ``course_points()["main"][0]  # {'method': 'scratch', ..}``
-    """
-    from labkit import sweep
-
-    seeds = list(range(check_int("seeds", seeds, minimum=1)))
-    return {
-        "main": sweep.grid(method=list(METHODS), seed=seeds),
-        "temperature": sweep.grid(
-            method=["transfer_soft"],
-            temperature=[float(t) for t in temperatures],
-            alpha=[float(a) for a in alphas],
-        ),  # fmt: skip
-        "width": sweep.grid(method=["scratch", "transfer_soft"], width=list(widths)),
-        "gpt": sweep.grid(
-            method=list(GPT_METHODS), steps=[check_int("gpt_steps", gpt_steps, minimum=1)]
-        ),
-        "small": sweep.grid(
-            targets=list(TARGETS),
-            num_inputs=[check_int("small_inputs", n, minimum=1) for n in small_inputs],
-            temperature=[_temperature(small_temperature)],
-            seed=seeds,
-        ),
-    }
-
-
-PARTS = ("main", "temperature", "width", "gpt", "small")
-"""The sweeps of notebook 02, which ``labkit prepare`` may compute in separate worker processes."""
-
-
-def _part_points(points: dict[str, list[dict]], key: str) -> list[dict]:
-    """The points part ``key`` computes: its own, less those the ``main`` part also holds (the
-    seed-0 students at the main setting), so two worker processes never train the same run."""
-    if key in ("main", "gpt", "small"):
-        return points[key]
-    shared = [_spelled_out(p) for p in points["main"]]
-    return [p for p in points[key] if _spelled_out(p) not in shared]
-
-
-def prepare(
-    parts: Sequence[str] | None = None, progress: bool | None = None
-) -> dict[str, list[dict]]:
-    """Compute (or verify cached) the sweeps notebook 02 shows, at its default parameters.
-
-    ``parts``: some of ``PARTS`` (default: all). ``temperature`` and ``width`` leave the points
-    they share with ``main`` to it, so each returns the records of its other points; run
-    ``main`` too for the complete sweeps (``labkit prepare`` runs every part). Generates the
-    transfer set on first use. Part of ``labkit prepare``.
-    Example: ``records = prepare(["main"])["main"]``
-    """
-    parts = list(PARTS) if parts is None else [check_choice("parts", p, PARTS) for p in parts]
-    points = course_points()
-    out = {}
-    sweep_fns = {"gpt": gpt_sweep, "small": small_sweep}
-    for key in parts:
-        out[key] = sweep_fns.get(key, mnist1d_sweep)(_part_points(points, key), progress)
-    return out
+    dev = utils.get_device(device)
+    with utils.on_device(teacher, dev, training=False):
+        return train.fit_lm(
+            student, text, steps=steps, batch_size=batch_size, block_size=block_size, lr=lr,
+            weight_decay=weight_decay, optimizer="adamw", schedule=schedule, grad_clip=grad_clip,
+            seed=seed, eval_batches=eval_batches, device=dev, progress=progress, loss_fn=loss_fn,
+        )  # fmt: skip

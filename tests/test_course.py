@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cli, condense, course, distill, dynamic, models, prune_sweeps
+from labkit import cli, course, models
+from labkit.course import nb02_distillation, nb03_pruning, nb06_dynamic, nb07_condense
 
 
 def _stamp(log: str, name: str, sleep: float = 0.0) -> None:
@@ -29,13 +30,13 @@ def test_the_plan_covers_every_model_and_sweep_in_a_valid_order():
     names = [s.name for s in plan]
     for name, dataset in models.RECIPES:
         assert f"model:{name}/{dataset}" in names
-    for part in distill.PARTS:
+    for part in nb02_distillation.PARTS:
         assert f"distill:{part}" in names
-    for part in condense.PARTS:
+    for part in nb07_condense.PARTS:
         assert f"condense:{part}" in names
-    for part in dynamic.PARTS:
+    for part in nb06_dynamic.PARTS:
         assert f"dynamic:{part}" in names
-    for part in prune_sweeps.PARTS:
+    for part in nb03_pruning.PARTS:
         assert f"prune:{part}" in names
     for i, step in enumerate(plan):
         for need in step.needs:

@@ -229,59 +229,6 @@ def test_distill_accepts_precomputed_logits_and_checks_them():
         distill.distill(_mlp(), "cnn", (X, y), progress=False)
 
 
-def test_the_small_data_sweep_pairs_hard_and_soft_targets_on_the_same_inputs_and_seeds():
-    """Soft vs hard teacher targets with scarce inputs is a prepared sweep: every (inputs, seed)
-    has a hard and a soft run, scarce and plentiful inputs are both there, prepare runs it."""
-    from labkit import course
-
-    points = distill.course_points()["small"]
-    hard = [
-        {k: v for k, v in p.items() if k != "targets"} for p in points if p["targets"] == "hard"
-    ]
-    soft = [
-        {k: v for k, v in p.items() if k != "targets"} for p in points if p["targets"] == "soft"
-    ]
-    assert hard == soft and len({p["seed"] for p in hard}) == distill.COURSE["seeds"]
-    inputs = sorted({p["num_inputs"] for p in hard})
-    assert inputs[0] * 10 <= inputs[-1] == 7000  # scarce and plentiful
-    step = next(s for s in course.steps() if s.name == "distill:small")
-    assert step.kwargs == {"parts": ["small"]} and "model:cnn1d/mnist1d" in step.needs
-
-
-def test_small_data_run_teaches_the_first_inputs_with_the_teacher_alone(monkeypatch):
-    X, y = _toy(n=600)
-    X = torch.cat([X, X, X, X[:, :, :4]], dim=2)  # (600, 1, 40) like mnist1d
-    logits = _logits(600, 10, seed=14)
-
-    class Data:
-        X_train, y_train, X_test, y_test = X, y, X[:50], y[:50]
-
-    seen = {}
-
-    def fake_distill(student, teacher, data, **kw):
-        seen.update(kw, teacher=teacher, data=data)
-
-    monkeypatch.setattr(distill, "_mnist1d_train_logits", lambda: (Data, logits))
-    monkeypatch.setattr(distill, "distill", fake_distill)
-    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {"acc": 0.5})
-    out = distill.small_data_run("soft", 350, seed=1, temperature=8.0, steps=300)
-    assert out["acc"] == 0.5 and out["params"] == 40 * 256 + 256 + 256 * 10 + 10
-    assert seen["alpha"] == 1.0 and seen["targets"] == "soft" and seen["temperature"] == 8.0
-    assert torch.equal(seen["teacher"], logits[:350]) and torch.equal(seen["data"][0], X[:350])
-    assert seen["batch_size"] == 256 and seen["num_epochs"] * 2 == 300  # 2 batches per epoch
-    distill.small_data_run("hard", 100, steps=300)
-    assert seen["targets"] == "hard" and seen["batch_size"] == 100 and seen["num_epochs"] == 300
-    with pytest.raises(ValueError, match="num_inputs must be"):
-        distill.small_data_run("soft", 601)
-    with pytest.raises(ValueError, match="targets must be one of"):
-        distill.small_data_run("medium", 100)
-
-
-def test_mnist1d_run_checks_method_before_any_work():
-    with pytest.raises(ValueError, match="method must be one of"):
-        distill.mnist1d_run("magic")
-
-
 # --------------------------------------------------------------------------- hints
 
 
@@ -392,20 +339,6 @@ def test_default_attention_map_pairs_each_block_with_the_block_it_was_copied_fro
     assert torch.equal(default, distill.attention_loss(s_maps, t_maps, layers))
 
 
-def test_gpt_run_compares_each_block_with_the_block_it_was_initialised_from(monkeypatch):
-    from labkit import data
-
-    teacher, seen = _gpt(n_layer=4), {}
-    monkeypatch.setattr(models, "pretrained", lambda *args, **kwargs: teacher)
-    monkeypatch.setattr(data, "load", lambda *args, **kwargs: _Text())
-    monkeypatch.setattr(distill, "distill_lm", lambda s, t, text, **kw: seen.update(kw, s=s))
-    distill.gpt_run("init_kd_attn", steps=1)
-    assert seen["attention_weight"] > 0 and seen["layer_map"] == [0, 2]
-    for i, j in enumerate(seen["layer_map"]):
-        for key, value in teacher.transformer.h[j].state_dict().items():
-            assert torch.equal(seen["s"].transformer.h[i].state_dict()[key], value)
-
-
 # --------------------------------------------------------------------------- layer selection
 
 
@@ -503,66 +436,3 @@ def test_distill_lm_is_seeded_and_lowers_the_loss():
     with pytest.raises(ValueError, match="attention_weight must be"):
         distill.distill_lm(student, teacher, text, attention_weight=-1)
     assert math.isfinite(hist.train_loss[-1]) and isinstance(student, nn.Module)
-
-
-def test_notebook_parameters_match_the_prepared_sweeps():
-    """labkit prepare computes distill.COURSE; the notebook must ask for exactly those points."""
-    from pathlib import Path
-
-    import nbformat
-
-    path = Path(__file__).resolve().parent.parent / "notebooks" / "02_distillation.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params: dict = {}
-    exec(cell.source, params)
-    notebook = distill.course_points(
-        params["SEEDS"], params["TEMPERATURES"], params["ALPHAS"], params["WIDTHS"],
-        params["GPT_STEPS"], params["SMALL_INPUTS"], params["SMALL_TEMPERATURE"],
-    )  # fmt: skip
-    assert notebook == distill.course_points()
-
-
-def test_a_run_shared_by_two_sweeps_is_cached_once(monkeypatch):
-    """Points are spelled out in full, so the width sweep reuses the main sweep's seed-0 runs."""
-    from labkit import sweep
-
-    seen = []
-    monkeypatch.setattr(sweep, "run", lambda fn, points, **kw: seen.append(points) or [])
-    points = distill.course_points()
-    for key in ("main", "temperature", "width"):
-        distill.mnist1d_sweep(points[key])
-    main, temperature, width = seen
-    assert all(set(p) == set(main[0]) for p in main + temperature + width)
-    shared = [p for p in width if p in main]
-    assert {p["method"] for p in shared} == {"scratch", "transfer_soft"}
-    assert any(p in main for p in temperature)  # T=2, alpha=0.9 is the main sweep's setting
-    with pytest.raises(ValueError, match="parts"):
-        distill.prepare(["nosuch"])
-
-
-def test_prepare_parts_train_every_course_point_exactly_once(monkeypatch):
-    """labkit prepare runs the parts in separate processes: main keeps the runs it shares with the
-    temperature and width sweeps, so no run is trained twice and none is left out."""
-    calls: dict[str, list[dict]] = {}
-
-    def fake(name):
-        return lambda points, progress=None: calls.setdefault(name, []).extend(points) or []
-
-    monkeypatch.setattr(distill, "mnist1d_sweep", fake("mnist1d"))
-    monkeypatch.setattr(distill, "gpt_sweep", fake("gpt"))
-    monkeypatch.setattr(distill, "small_sweep", fake("small"))
-    for part in distill.PARTS:
-        distill.prepare([part])
-    course = distill.course_points()
-    assert calls["gpt"] == course["gpt"] and calls["small"] == course["small"]
-
-    def key(point):
-        return tuple(sorted(distill._spelled_out(point).items()))
-
-    trained = [key(p) for p in calls["mnist1d"]]
-    wanted = {key(p) for part in ("main", "temperature", "width") for p in course[part]}
-    assert len(trained) == len(set(trained)), "a shared run is trained by two parts"
-    assert set(trained) == wanted
-    assert distill.prepare(["main"]) == {"main": []}  # main alone still computes all its points
-    assert len(calls["mnist1d"]) == len(trained) + len(course["main"])

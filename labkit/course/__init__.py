@@ -77,7 +77,7 @@ def steps(only: Sequence[str] | None = None) -> list[Step]:
 
     entries = sorted(models.RECIPES)
     if only is not None:
-        chosen = models._select(list(only))
+        chosen = models.select_entries(list(only))
         entries = [e for e in entries if e in chosen]
     used = {d for _, d in entries}
     out = [

@@ -1,8 +1,281 @@
-"""Notebook 06 (dynamic networks): the cached experiments ``labkit prepare`` builds."""
+"""Notebook 06 (dynamic networks): the cached experiments ``labkit prepare`` builds.
+
+Three sweeps over the models of :mod:`labkit.dynamic`, cached by ``labkit.sweep`` as
+``06-dynamic-exits``, ``06-dynamic-width`` and ``06-dynamic-moe``: :func:`course_points` lists
+their points, :func:`course_results` reads them (training whatever is missing) and :func:`prepare`
+fills them part by part.
+
+Example:
+    >>> from labkit.course import nb06_dynamic
+    >>> nb06_dynamic.course_points()["exits"][0]
+    {'weights': 'none', 'seed': 0}
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from labkit import dynamic, measure, sweep, utils
 from labkit.course import Step
+from labkit.utils import check_choice, check_int
+
+__all__ = [
+    "COURSE",
+    "SWEEP_VERSIONS",
+    "exits_run",
+    "width_run",
+    "moe_run",
+    "course_points",
+    "course_results",
+    "PARTS",
+    "prepare",
+    "steps",
+]
+
+COURSE: dict[str, Any] = {
+    "seeds": 1,
+    "thresholds": (
+        *(round(0.2 + 0.025 * i, 3) for i in range(31)),
+        0.97,
+        0.98,
+        0.99,
+        0.995,
+        0.999,
+    ),
+    "widths": (0.25, 0.5, 0.75, 1.0),
+    "slim_epochs": 5,
+    "static_widths": (0.25, 0.5, 1.0),
+    "moe": ((1, 1), (4, 1), (8, 1), (8, 2)),
+    "moe_hidden": 64,
+    "moe_epochs": 4,
+    "balance": 0.01,
+    "balances": (0.0, 1.0),
+    "tolerance": 0.01,
+}
+"""What notebook 06 shows and :func:`prepare` computes: exit models per seed with a threshold
+curve each and the threshold chosen on the validation split (at most ``tolerance`` below the
+last head's validation accuracy, ``dynamic.choose_threshold``); slimmable (trained
+``slim_epochs`` on top of the plain CNN) and static widths; MoE (experts, top-k) points with the
+balancing-loss weight ``balance``, a dense layer of the same total size, and 8 experts top-1
+trained with each weight in ``balances`` (none, strong); each MoE trained ``moe_epochs``."""
+
+SWEEP_VERSIONS = {"exits": 2, "width": 1, "moe": 2}
+"""Bump one to recompute that sweep of notebook 06 (exits 2: the threshold is chosen on the
+validation split; moe 2: the retrained MoE models)."""
+
+
+def _sweep_version(kind: str) -> str:
+    return utils.stable_hash(
+        {"v": dynamic.VERSION, "course": COURSE, "sweep": SWEEP_VERSIONS[kind]}
+    )
+
+
+def exits_run(weights: str, seed: int = 0) -> dict[str, Any]:
+    """One point of sweep ``06-dynamic-exits``: the plain CNN or one early-exit model.
+
+    ``weights="none"`` is the plain CNN, otherwise the exit model trained with
+    ``dynamic.WEIGHTS[weights]``: test accuracy per head, MACs per exit path, the max-prob
+    threshold curve on the test split (accuracy, mean MACs, exit fractions) at
+    ``COURSE["thresholds"]``, and the operating point: the threshold chosen on the validation
+    split (``threshold``, ``val_acc``) and its test ``chosen_acc``, ``chosen_macs`` and
+    ``chosen_exit_fraction`` (``dynamic.operating_point``).
+    Example: ``exits_run("weighted", seed=0)["head_acc"]``
+    """
+    from labkit import data, train
+
+    check_choice("weights", weights, ("none", *dynamic.WEIGHTS))
+    ds = data.load("mnist1d")
+    x1 = ds.X_test[:1]
+    if weights == "none":
+        model = dynamic.pretrained_static(seed=seed)
+        acc = train.evaluate(model, ds, device="cpu")["acc"]
+        macs = measure.macs(model, x1)
+        params = measure.count_params(model)
+        return {"acc": acc, "head_acc": [acc], "macs": macs, "path_macs": [macs], "params": params}
+    model = dynamic.pretrained_exits(dynamic.WEIGHTS[weights], seed=seed)
+    logits = dynamic.exit_logits(model, ds.X_test)  # (E, N, C)
+    macs = dynamic.path_macs(model, x1)
+    curve = [dynamic.exit_report(logits, ds.y_test, t, macs) for t in COURSE["thresholds"]]
+    head_acc = curve[0]["head_acc"]
+    point = dynamic.operating_point(model, ds, macs, COURSE["thresholds"], COURSE["tolerance"])
+    return {
+        "acc": head_acc[-1],
+        "head_acc": head_acc,
+        "macs": measure.macs(model, x1),  # the full network, no intermediate heads
+        "path_macs": macs,
+        "params": measure.count_params(model),
+        "thresholds": list(COURSE["thresholds"]),
+        "curve_acc": [r["acc"] for r in curve],
+        "curve_macs": [r["macs"] for r in curve],
+        "curve_exit_fraction": [r["exit_fraction"] for r in curve],
+        "threshold": point["threshold"],
+        "val_acc": point["val"]["acc"],
+        "val_head_acc": point["val"]["head_acc"],
+        "chosen_acc": point["test"]["acc"],
+        "chosen_macs": point["test"]["macs"],
+        "chosen_exit_fraction": point["test"]["exit_fraction"],
+    }
+
+
+def width_run(method: str, width: float, seed: int = 0) -> dict[str, Any]:
+    """One point of sweep ``06-dynamic-width``: a slimmable or a static CNN at ``width``.
+
+    ``"slimmable"`` cuts the slimmable CNN to ``width``; ``"static"`` trains a ``CNN1d`` with that
+    fraction of ``dynamic.EXIT_CONFIG``'s channels alone.
+    Example: ``width_run("slimmable", 0.5)["acc"]``
+    """
+    from labkit import data, train
+
+    check_choice("method", method, ("slimmable", "static"))
+    ds = data.load("mnist1d")
+    if method == "slimmable":
+        slim = dynamic.pretrained_slimmable(
+            COURSE["widths"], num_epochs=COURSE["slim_epochs"], seed=seed
+        )
+        model = slim.at_width(width)
+    else:
+        channels = tuple(dynamic.width_channels(c, width) for c in dynamic.EXIT_CONFIG.channels)
+        config = (
+            None if width == 1.0 else dataclasses.replace(dynamic.EXIT_CONFIG, channels=channels)
+        )
+        model = dynamic.pretrained_static(config=config, seed=seed)
+    return {
+        "acc": train.evaluate(model.eval(), ds, device="cpu")["acc"],
+        "macs": measure.macs(model, ds.X_test[:1]),
+        "params": measure.count_params(model),
+        "channels": list(model.config.channels),
+    }
+
+
+def moe_run(
+    n_experts: int, top_k: int, hidden: int = 64, balance: float = 0.01, seed: int = 0
+) -> dict[str, Any]:
+    """One point of sweep ``06-dynamic-moe``: one ``dynamic.pretrained_moe`` model, measured.
+
+    Its test accuracy, parameters (``dynamic.moe_params``), MACs per signal (only the experts
+    that run are counted) and the expert load on the test set (fraction of routing slots per
+    expert), after training (``load``) and of the same model at its initialisation
+    (``init_load``: the random router).
+    Example: ``moe_run(8, 2)["active"]``
+    """
+    from labkit import data, train
+
+    ds = data.load("mnist1d")
+    loads = []
+    for trained in (True, False):
+        model = dynamic.pretrained_moe(
+            n_experts, top_k, hidden, balance, num_epochs=COURSE["moe_epochs"], seed=seed,
+            trained=trained,
+        )  # fmt: skip
+        with torch.no_grad():
+            model(ds.X_test)  # the load over every test token
+        loads.append(model.head.moe.load.tolist())
+        if trained:
+            macs = measure.macs(model, ds.X_test[:1])
+            acc = train.evaluate(model, ds, device="cpu")["acc"]
+            params = dynamic.moe_params(model)
+    load, init_load = loads
+    return {
+        "acc": acc,
+        "macs": macs,
+        **params,
+        "load": load,
+        "load_max": max(load),
+        "init_load": init_load,
+    }
+
+
+_SWEEPS = {"exits": exits_run, "width": width_run, "moe": moe_run}
+
+
+def course_points(seeds: int = COURSE["seeds"]) -> dict[str, list[dict]]:
+    """The sweep points of notebook 06: ``exits``, ``width`` and ``moe``.
+
+    ``exits``: plain, summed, weighted x seeds; ``width``: slimmable and static widths; ``moe``:
+    experts x top-k, a dense layer as big as 4 experts, and 8 experts top-1 with the
+    balancing-loss weights ``COURSE["balances"]``.
+    Example: ``course_points(3)["exits"][0]  # {'weights': 'none', 'seed': 0}``
+    """
+    seeds = list(range(check_int("seeds", seeds, minimum=1)))
+    hidden, balance = COURSE["moe_hidden"], COURSE["balance"]
+    moe = [
+        {"n_experts": e, "top_k": k, "hidden": hidden, "balance": balance} for e, k in COURSE["moe"]
+    ]
+    moe.append({"n_experts": 1, "top_k": 1, "hidden": 4 * hidden, "balance": balance})
+    moe += [
+        {"n_experts": 8, "top_k": 1, "hidden": hidden, "balance": b} for b in COURSE["balances"]
+    ]
+    return {
+        "exits": sweep.grid(weights=["none", *dynamic.WEIGHTS], seed=seeds),
+        "width": sweep.grid(method=["slimmable"], width=list(COURSE["widths"]))
+        + sweep.grid(method=["static"], width=list(COURSE["static_widths"])),
+        "moe": moe,
+    }
+
+
+def _sweep(kind: str, points: Sequence[dict], progress: bool | None = None) -> list[dict]:
+    return sweep.run(
+        _SWEEPS[kind],
+        points,
+        name=f"06-dynamic-{kind}",
+        version=_sweep_version(kind),
+        progress=progress,
+    )
+
+
+def course_results(
+    seeds: int = COURSE["seeds"], progress: bool | None = None
+) -> dict[str, list[dict]]:
+    """Records of the three sweeps at :func:`course_points`, trained where missing.
+
+    ``sweep.run`` caches them on disk as ``06-dynamic-exits``, ``-width`` and ``-moe``; whatever
+    is missing is trained here.
+    Example: ``results = course_results(); results["moe"][0]["active"]``
+    """
+    points = course_points(seeds)
+    return {kind: _sweep(kind, pts, progress) for kind, pts in points.items()}
+
+
+PARTS = ("plain", "summed", "weighted", "static", "slim", "moe")
+"""The units of :func:`prepare`, one per model family; ``slim`` and ``moe`` start from the plain
+CNN (``plain``). ``labkit prepare`` runs them as steps in parallel worker processes."""
+
+
+def _part(kind: str, point: Mapping[str, Any]) -> str:
+    """The part of :func:`prepare` that computes a sweep point (the model family it trains)."""
+    if kind == "exits":
+        return "plain" if point["weights"] == "none" else point["weights"]
+    if kind == "width":
+        if point["method"] == "slimmable":
+            return "slim"
+        return "plain" if point["width"] == 1.0 else "static"
+    return "moe"
+
+
+def prepare(
+    parts: Sequence[str] | None = None, progress: bool | None = None
+) -> dict[str, list[dict]]:
+    """Compute (or verify cached) the sweeps notebook 06 shows, at its default parameters.
+
+    ``parts``: some of :data:`PARTS` (default: all; ``slim`` and ``moe`` train the ``plain`` CNN
+    first if it is not cached). Part of ``labkit prepare``; cold, it trains the notebook's small
+    models once; instant when cached. Returns the records of each part.
+    Example: ``records = prepare(["moe"])["moe"]``
+    """
+    parts = list(PARTS) if parts is None else [check_choice("parts", p, PARTS) for p in parts]
+    points = course_points()
+    out: dict[str, list[dict]] = {}
+    for part in parts:
+        out[part] = []
+        for kind, pts in points.items():
+            chosen = [p for p in pts if _part(kind, p) == part]
+            if chosen:
+                out[part] += _sweep(kind, chosen, progress)
+    return out
 
 
 def steps() -> list[Step]:
@@ -18,7 +291,7 @@ def steps() -> list[Step]:
     return [
         Step(
             f"dynamic:{part}",
-            "labkit.dynamic:prepare",
+            "labkit.course.nb06_dynamic:prepare",
             {"parts": [part]},
             needs=("data:mnist1d",) + (("dynamic:plain",) if part in ("slim", "moe") else ()),
             cost=cost,

@@ -1,8 +1,543 @@
-"""Notebook 08 (capstone): the cached experiments ``labkit prepare`` builds."""
+"""Notebook 08 (capstone): the compression pipeline, its cached experiments and the challenge.
+
+This module composes the technique modules for notebook 08:
+
+* **The pipeline** (Deep Compression style, on MNIST-1D): the zoo's 1-D CNN teacher is distilled
+  into a thinner CNN on notebook 02's transfer set (``distill.distill``), a fraction of its weights
+  is pruned and fine-tuned with the masks held (``prune``), then its weights are quantized per
+  channel to 8 bits (``quant``, post-training) and to a few bits (quantization-aware training with
+  the pruned weights held at zero). :func:`pipeline` trains once and caches the weights; every
+  stage is measured on its shipped file (:mod:`labkit.ship`) read back.
+* **The other methods** (:func:`earlier_points`, :func:`pruning_points`): the single methods of
+  notebooks 02-06, read from their cached sweeps, in the same shipped-file bytes.
+* **The challenge** (:func:`check`): the size of a submitted file on disk and the accuracy of
+  the model loaded back from it on MNIST-1D's validation split, against :data:`CHALLENGE`.
+  Grading evaluates the same file on the test split (passed to :func:`check` as ``heldout``).
+* **Sustainability** (:func:`footprint`): ESTIMATED energy and CO2 from measured CPU time, with
+  the assumptions (:data:`ASSUMPTIONS`) as parameters.
+
+Example:
+    >>> from labkit.course import nb08_capstone
+    >>> nb08_capstone.footprint(3600.0, watts=10.0, grid_g_per_kwh=500.0)["co2_g"]
+    5.0
+"""
 
 from __future__ import annotations
 
-from labkit.course import Step
+import dataclasses
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from labkit import data, distill, lowbit, measure, models, prune, quant, ship, sweep, train, utils
+from labkit.course import Step, nb02_distillation, nb03_pruning, nb06_dynamic
+from labkit.utils import check_choice, check_fraction, check_int, check_number
+
+__all__ = [
+    "DATASET",
+    "TEACHER",
+    "STAGES",
+    "CHALLENGE",
+    "ASSUMPTIONS",
+    "TRANSFER",
+    "VERSION",
+    "PipelineConfig",
+    "Pipeline",
+    "train_stages",
+    "pipeline",
+    "stage_records",
+    "single_methods",
+    "earlier_points",
+    "pruning_points",
+    "int8_kernels",
+    "latency",
+    "check",
+    "footprint",
+    "inference_footprint",
+    "prepare",
+    "steps",
+]
+
+DATASET = "mnist1d"
+TEACHER = nb02_distillation.TEACHER
+"""The model the pipeline compresses and the challenge hands out: the zoo's CNN1d on MNIST-1D."""
+
+STAGES = ("fp32", "distilled", "pruned", "int8", "lowbit")
+"""The pipeline's stages in order; each is a model measured (and shipped) on its own."""
+
+CHALLENGE = MappingProxyType({"budget_bytes": 10_000, "min_acc": 0.94})
+"""The graded challenge: a shipped file of at most ``budget_bytes`` whose model reaches
+``min_acc``: on the validation split when a student checks it (:func:`check`), on the test split
+when it is graded. The teacher as it is fails it: its file is several times the budget. The bar
+sits a little below the teacher's accuracy on either split (its validation accuracy is a little
+below its test accuracy), so a model as accurate as the teacher passes both."""
+
+ASSUMPTIONS = MappingProxyType({"watts": 15.0, "grid_g_per_kwh": 400.0, "pue": 1.0})
+"""The energy estimate's assumptions: a laptop CPU package drawing 15 W whenever it computes,
+electricity at 400 g CO2e per kWh (a mid-range grid mix), no data-centre overhead (PUE 1)."""
+
+TRANSFER = nb02_distillation.TRANSFER
+"""Notebook 02's transfer set, which the distilled student learns from."""
+
+VERSION = 1
+"""Bump to invalidate what this module caches (pipeline weights, single-method records)."""
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The knobs of the pipeline. ``channels``: the student CNN1d; distillation runs
+    ``distill_epochs`` over train + transfer set at ``temperature``/``alpha``; ``amount`` of the
+    weights are pruned (one global threshold) and fine-tuned ``prune_epochs`` with distillation;
+    the low-bit stage is ``bits`` per weight, per channel, fine-tuned ``qat_epochs`` at ``qat_lr``.
+    Example: ``PipelineConfig(channels=(8, 8, 8), amount=0.7)``
+    """
+
+    channels: tuple[int, ...] = (16, 16, 16)
+    distill_epochs: int = 6
+    temperature: float = 4.0
+    alpha: float = 0.9
+    amount: float = 0.5
+    prune_epochs: int = 2
+    bits: int = 4
+    qat_epochs: int = 1
+    lr: float = 1e-2
+    qat_lr: float = 1e-3
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        channels = tuple(self.channels) if isinstance(self.channels, (tuple, list)) else ()
+        if not channels or any(
+            isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels
+        ):
+            raise ValueError(f"channels must be a tuple of positive ints; got {self.channels!r}")
+        object.__setattr__(self, "channels", channels)
+        for name in ("distill_epochs", "prune_epochs", "qat_epochs", "batch_size"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("bits", self.bits, minimum=2, maximum=7)
+        check_int("seed", self.seed, minimum=0)
+        check_fraction("amount", self.amount)
+        check_fraction("alpha", self.alpha, inclusive_high=True)
+        for name in ("temperature", "lr", "qat_lr"):
+            check_number(name, getattr(self, name), minimum=0, min_open=True)
+
+
+@dataclass
+class Pipeline:
+    """The stage models (``STAGES`` order, eval mode), the CPU seconds each trained stage took
+    when it was trained (measured once, cached), and the config. Example: ``pipe.stages["int8"]``
+    """
+
+    stages: dict[str, nn.Module]
+    cpu_seconds: dict[str, float]
+    config: PipelineConfig
+
+
+def _qconfig(bits: int) -> quant.QuantConfig:
+    """Weight-only, per-channel, symmetric: zero stays exactly zero, so pruned weights stay out."""
+    return quant.QuantConfig(bits=bits, act_bits=None, granularity="per_channel", symmetric=True)
+
+
+def _student(teacher: nn.Module, config: PipelineConfig) -> nn.Module:
+    with utils.seeded(config.seed):  # seeded init without touching the global RNG
+        return models.CNN1d(dataclasses.replace(teacher.config, channels=config.channels))
+
+
+def train_stages(
+    teacher: nn.Module,
+    ds: Any,
+    transfer: Tensor,
+    config: PipelineConfig | None = None,
+    progress: bool | None = None,
+) -> tuple[dict[str, dict], dict[str, float]]:
+    """Train the pipeline's three trained stages (nothing cached): the distilled student, the
+    pruned + fine-tuned student (masks folded) and the ``bits``-bit QAT model. Returns their
+    state dicts and the CPU seconds each took (``time.process_time``; distillation includes the
+    teacher's logits on the transfer set). ``ds`` is ArrayData; one torch thread.
+    Example: ``states, seconds = train_stages(teacher, data.load("mnist1d"), X_transfer)``
+    """
+    config = PipelineConfig() if config is None else config
+    kd = dict(
+        transfer=transfer,
+        temperature=config.temperature,
+        alpha=config.alpha,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        device="cpu",
+        progress=progress,
+    )
+    seconds: dict[str, float] = {}
+    with utils.num_threads(1):
+        start = time.process_time()
+        X = torch.cat([ds.X_train, transfer])  # (N + M, *input_shape)
+        logits = train.predict_logits(teacher, X, device="cpu")  # (N + M, classes), once
+        student = _student(teacher, config)
+        distill.distill(student, logits, ds, num_epochs=config.distill_epochs, lr=config.lr, **kd)
+        seconds["distilled"] = time.process_time() - start
+
+        start = time.process_time()
+        pruned = prune.magnitude(student.eval(), config.amount, scope="global")
+        distill.distill(pruned, logits, ds, num_epochs=config.prune_epochs, lr=config.lr, **kd)
+        prune.remove_(pruned)
+        seconds["pruned"] = time.process_time() - start
+
+        start = time.process_time()
+        low = quant.quantize(pruned.eval(), _qconfig(config.bits))
+        with quant.hold_zeros(low):
+            distill.distill(low, logits, ds, num_epochs=config.qat_epochs, lr=config.qat_lr, **kd)
+        seconds["lowbit"] = time.process_time() - start
+    states = {
+        "distilled": student.state_dict(),
+        "pruned": pruned.state_dict(),
+        "lowbit": low.state_dict(),
+    }
+    return states, seconds
+
+
+def _inputs() -> tuple[nn.Module, Any]:
+    return models.pretrained(*TEACHER), data.load(DATASET)
+
+
+def _transfer() -> Tensor:
+    return distill.transfer_inputs(DATASET, **TRANSFER)
+
+
+def _read_cache(path: Path) -> tuple[dict | None, dict | None]:
+    """(states, sidecar) from a verified cache file, else (None, None) (a warning if unusable)."""
+    if not path.exists():
+        return None, None
+    try:
+        return utils.load_verified(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable cache means retrain
+        warnings.warn(
+            f"labkit: cached pipeline {path.name} is unusable ({err}); retraining", stacklevel=3
+        )
+        return None, None
+
+
+def pipeline(config: PipelineConfig | None = None, progress: bool | None = None) -> Pipeline:
+    """The five stage models of :data:`STAGES`: the teacher, and its distilled, pruned, 8-bit and
+    low-bit successors. The trained stages come from the disk cache (``cache_dir("capstone")``,
+    keyed by the config, the teacher's weights and this module's version; verified by sha256)
+    or are trained once by :func:`train_stages`; the 8-bit stage is post-training quantization.
+    Example: ``pipe = pipeline(); pipe.stages["lowbit"]``
+    """
+    config = PipelineConfig() if config is None else config
+    if not isinstance(config, PipelineConfig):
+        raise ValueError(f"config must be a PipelineConfig; got {type(config).__name__}")
+    teacher, ds = _inputs()
+    key = utils.stable_hash(
+        {
+            "config": config,
+            "teacher": models.cache_key(*TEACHER),
+            "transfer": dict(TRANSFER),
+            "v": VERSION,
+            "torch": torch.__version__,
+        }
+    )
+    path = utils.cache_dir("capstone") / f"pipeline-{key}.pt"
+    states, info = _read_cache(path)
+    if states is None:
+        states, seconds = train_stages(teacher, ds, _transfer(), config, progress)
+        info = utils.save_verified(states, path, {"key": key, "cpu_seconds": seconds})
+    student, pruned = _student(teacher, config), _student(teacher, config)
+    student.load_state_dict(states["distilled"])
+    pruned.load_state_dict(states["pruned"])
+    low = quant.quantize(pruned.eval(), _qconfig(config.bits))
+    low.load_state_dict(states["lowbit"])
+    stages = {
+        "fp32": teacher,
+        "distilled": student.eval(),
+        "pruned": pruned,
+        "int8": quant.quantize(pruned, _qconfig(8)),
+        "lowbit": low.eval(),
+    }
+    return Pipeline(stages, dict(info["cpu_seconds"]), config)
+
+
+def _arch(model: nn.Module) -> str:
+    """``"cnn1d 16-16-16"``: the zoo name and the widths, enough to rebuild the shape for timing."""
+    name, config = ship._identify(model)
+    widths = config.channels if name != "mlp" else config.hidden
+    return f"{name} {'-'.join(map(str, widths))}"
+
+
+def _build_arch(arch: str) -> nn.Module:
+    """A fresh, BatchNorm-folded model of the shape :func:`_arch` names (random weights)."""
+    name, widths = arch.split(" ")
+    field = "hidden" if name == "mlp" else "channels"
+    shape = {field: tuple(int(w) for w in widths.split("-"))}
+    return ship._skeleton(name, models.config_for(name, DATASET, **shape))
+
+
+def stage_records(pipe: Pipeline, ds: Any, stages: Sequence[str] = STAGES) -> list[dict]:
+    """One record per stage, all measured on the SHIPPED model (the file read back): ``acc`` on
+    ``ds``'s test split, ``bytes`` (the file's length), ``macs`` per sample (dense kernels: zeros
+    are multiplied too), ``nonzero`` weights and biases, ``params``, ``arch``.
+    Example: ``sweep.to_table(stage_records(pipe, data.load("mnist1d")))``
+    """
+    stages = [check_choice("stage", s, STAGES) for s in stages]
+    rows = []
+    for stage in stages:
+        payload = ship.to_bytes(pipe.stages[stage])
+        shipped = ship.from_bytes(payload)
+        rows.append(
+            {
+                "stage": stage,
+                "acc": train.evaluate(shipped, ds, device="cpu")["acc"],
+                "bytes": len(payload),
+                "macs": measure.macs(shipped, ds.X_test[:1]),
+                "nonzero": measure.count_nonzero(shipped),
+                "params": measure.count_params(shipped),
+                "arch": _arch(shipped),
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- the other methods
+
+
+def _method_point(method: str, bits: int) -> dict[str, Any]:
+    """One single method on MNIST-1D: ``ptq`` (notebook 04: per-channel weight quantization of
+    the teacher) or ``rtn`` (notebook 05: group-wise round-to-nearest, groups of 64, of the zoo
+    MLP). Accuracy, bytes and MACs of the shipped model."""
+    ds = data.load(DATASET)
+    if method == "ptq":
+        model = quant.quantize(models.pretrained(*TEACHER), _qconfig(bits))
+    else:
+        config = lowbit.LowBitConfig(bits=bits, group_size=64)
+        model = lowbit.quantize(models.pretrained("mlp", DATASET), config)
+    payload = ship.to_bytes(model)
+    shipped = ship.from_bytes(payload)
+    return {
+        "acc": train.evaluate(shipped, ds, device="cpu")["acc"],
+        "bytes": len(payload),
+        "macs": measure.macs(shipped, ds.X_test[:1]),
+        "arch": _arch(shipped),
+    }
+
+
+def single_methods(progress: bool | None = None) -> list[dict]:
+    """Post-training quantization alone on MNIST-1D, as notebooks 04 and 05 apply it (no
+    training, so cheap): the teacher per channel at 8, 6, 5, 4, 3 bits and the zoo MLP group-wise
+    at 4, 3, 2 bits. Cached as sweep ``08-capstone-methods`` (``labkit prepare`` fills it).
+    Example: ``sweep.to_table(single_methods())``
+    """
+    points = [{"method": "ptq", "bits": b} for b in (8, 6, 5, 4, 3)]
+    points += [{"method": "rtn", "bits": b} for b in (4, 3, 2)]
+    version = f"{VERSION}-{models.cache_key(*TEACHER)}-{models.cache_key('mlp', DATASET)}"
+    return sweep.run(
+        _method_point, points, name="08-capstone-methods", version=version, progress=progress
+    )
+
+
+def _architecture_bytes(name: str, widths: Sequence[int]) -> tuple[int, str]:
+    """Shipped bytes of a dense fp32 model of that shape (its size does not depend on the
+    values: no weight of a trained dense model is exactly zero), and its ``arch`` string."""
+    arch = f"{name} {'-'.join(str(int(w)) for w in widths)}"
+    return len(ship.to_bytes(_build_arch(arch))), arch
+
+
+def _point(method: str, point: str, acc: float, size: int, **extra: Any) -> dict[str, Any]:
+    return {"method": method, "point": point, "acc": acc, "bytes": size, **extra}
+
+
+def earlier_points(progress: bool | None = None) -> list[dict]:
+    """Every single method of the earlier notebooks that was measured on MNIST-1D, as records
+    ``method, point, acc, bytes, macs, arch``: the MLP students of notebook 02 (scratch and
+    distilled, per width), the static and slimmable CNN widths of notebook 06, and
+    :func:`single_methods`. Accuracies come from the cached sweeps (nothing is retrained when
+    ``labkit prepare`` has run); bytes are those of the shipped file, like the pipeline's.
+    Example: ``plots.accuracy_vs_size(earlier_points(), hue="method")``
+    """
+    out = []
+    for r in nb02_distillation.mnist1d_sweep(nb02_distillation.course_points()["width"], progress):
+        size, arch = _architecture_bytes("mlp", [r["width"]])
+        method = "MLP distilled (02)" if r["method"] == "transfer_soft" else "MLP scratch (02)"
+        out.append(_point(method, f"width {r['width']}", r["acc"], size, macs=r["macs"], arch=arch))
+    for r in nb06_dynamic.course_results(progress=progress)["width"]:
+        size, arch = _architecture_bytes("cnn1d", r["channels"])
+        method, point = f"CNN {r['method']} width (06)", f"{r['width']:.0%}"
+        out.append(_point(method, point, r["acc"], size, macs=r["macs"], arch=arch))
+    names = {"ptq": "CNN teacher, PTQ (04)", "rtn": "MLP, low-bit RTN (05)"}
+    for r in single_methods(progress):
+        method, point = names[r["method"]], f"{r['bits']} bits"
+        out.append(_point(method, point, r["acc"], r["bytes"], macs=r["macs"], arch=r["arch"]))
+    return out
+
+
+def pruning_points() -> list[dict]:
+    """Notebook 03's pruning sweeps, which ran on digits (not MNIST-1D), read from their cache:
+    the MLP pruned globally and fine-tuned (sparse bytes, mean of the seeds) and with whole
+    neurons removed (dense bytes), as records ``method, point, acc, bytes``.
+    Example: ``plots.accuracy_vs_size(pruning_points(), hue="method")``
+    """
+    points = nb03_pruning.course_points()
+    unstructured = nb03_pruning.unstructured_sweep(points["unstructured"])
+    unstructured = sweep.mean_std(unstructured, ["scope", "amount"], ["acc", "bytes_auto"])
+    structured = nb03_pruning.structured_sweep(points["structured"])
+    structured = sweep.mean_std(structured, "amount", ["acc", "bytes"])
+    out = [
+        _point("unstructured, global (03)", f"{r['amount']:.0%}", r["acc"], r["bytes_auto"])
+        for r in unstructured
+        if r["scope"] == "global"
+    ]
+    out += [
+        _point("neurons removed (03)", f"{r['amount']:.0%}", r["acc"], r["bytes"])
+        for r in structured
+    ]
+    return out
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def int8_kernels(pipe: Pipeline, ds: Any, num_samples: int = 512) -> nn.Module:
+    """The pruned stage on real int8 kernels (``quant_int8``, static: int8 weights per channel AND
+    int8 activations calibrated on ``num_samples`` training inputs): what the 8-bit stage runs
+    as, for speed. Example: ``kernels = int8_kernels(pipe, data.load("mnist1d"))``
+    """
+    from labkit import quant_int8
+
+    shipped = ship.from_bytes(ship.to_bytes(pipe.stages["pruned"]))
+    X = ds.X_train[:num_samples]  # (num_samples, *input_shape)
+    return quant_int8.to_int8(shipped, X[:8], mode="static", calib_data=X)
+
+
+def latency(
+    pipe: Pipeline,
+    records: Sequence[Mapping[str, Any]],
+    x: Tensor,
+    int8: nn.Module,
+    *,
+    threads: int | None = None,
+    repeats: int = 30,
+    min_time_s: float | None = None,
+) -> dict[str, dict]:
+    """Latency of every stage as deployed and of every architecture in ``records`` on the batch
+    ``x``, in ONE interleaved ``measure.compare_latency`` run against the best fp32 teacher
+    (``measure.best_fp32_baseline`` picks its layout). Stages run the shipped file read back
+    (float kernels; weight values do not change their speed), except ``int8``: the real int8
+    kernels of :func:`int8_kernels`. Keys ``"stage <name>"`` and ``"arch <arch>"``; each value is
+    ``compare_latency``'s dict (``median_ms``, ``speedup`` vs the teacher, ...).
+    Example: ``latency(pipe, stage_records(pipe, ds), ds.X_test[:256], int8_kernels(pipe, ds))``
+    """
+    from labkit import quant_int8
+
+    variants = {f"stage {s}": ship.from_bytes(ship.to_bytes(m)) for s, m in pipe.stages.items()}
+    variants["stage int8"] = int8
+    for arch in sorted({r["arch"] for r in records}):
+        variants[f"arch {arch}"] = _build_arch(arch)
+    layout, _ = measure.best_fp32_baseline(variants["stage fp32"], x, threads=threads)
+    with quant_int8.quiet():
+        return measure.compare_latency(
+            variants,
+            x,
+            baseline="stage fp32",
+            threads=threads,
+            repeats=repeats,
+            channels_last={"stage fp32": layout == "channels_last"},
+            min_time_s=min_time_s,
+        )
+
+
+# --------------------------------------------------------------------------- the challenge
+
+
+def check(
+    path: str | Path,
+    budget_bytes: int = CHALLENGE["budget_bytes"],
+    min_acc: float = CHALLENGE["min_acc"],
+    *,
+    heldout: tuple[Tensor, Tensor] | None = None,
+) -> dict[str, Any]:
+    """Check a submitted file: its size on disk, and the accuracy of the model loaded back from
+    it on ``heldout`` ``(X, y)`` (default: MNIST-1D's validation split, never used for training).
+    The test split is kept for grading, which passes it as ``heldout``; checking a submission as
+    often as you like cannot tune it to the data it is graded on. Returns
+    ``bytes, acc, budget_bytes, min_acc, fits, accurate, passed``.
+    Example: ``check(ship.save(compressed, "submission.lkc"))["passed"]``
+    """
+    budget_bytes = check_int("budget_bytes", budget_bytes, minimum=1)
+    min_acc = check_number("min_acc", min_acc, minimum=0.0, maximum=1.0)
+    size = measure.file_bytes(path)
+    model = ship.load(path)
+    X, y = data.load(DATASET).split("val") if heldout is None else heldout
+    acc = train.evaluate(model, (X, y), device="cpu")["acc"]
+    fits, accurate = size <= budget_bytes, acc >= min_acc
+    return {
+        "bytes": size,
+        "acc": acc,
+        "budget_bytes": budget_bytes,
+        "min_acc": min_acc,
+        "fits": fits,
+        "accurate": accurate,
+        "passed": fits and accurate,
+    }
+
+
+# --------------------------------------------------------------------------- energy and CO2
+
+
+def footprint(
+    cpu_seconds: float,
+    *,
+    watts: float = ASSUMPTIONS["watts"],
+    grid_g_per_kwh: float = ASSUMPTIONS["grid_g_per_kwh"],
+    pue: float = ASSUMPTIONS["pue"],
+) -> dict[str, float]:
+    """ESTIMATED energy and emissions of ``cpu_seconds`` of computing: ``energy_j = seconds x
+    watts x pue`` (``measure.energy_estimate_j``: constant power while busy, none when idle),
+    ``energy_wh = energy_j / 3600``, ``co2_g = energy_j / 3.6e6 x grid_g_per_kwh``. A comparison
+    of variants on one machine, never a measurement. Example: ``footprint(12.0)["co2_g"]``
+    """
+    seconds = check_number("cpu_seconds", cpu_seconds, minimum=0.0)
+    grid = check_number("grid_g_per_kwh", grid_g_per_kwh, minimum=0.0)
+    pue = check_number("pue", pue, minimum=1.0)
+    energy_j = measure.energy_estimate_j(seconds * 1000.0, watts) * pue
+    return {
+        "cpu_seconds": seconds,
+        "energy_j": energy_j,
+        "energy_wh": energy_j / 3600.0,
+        "co2_g": energy_j / 3.6e6 * grid,
+    }
+
+
+def inference_footprint(
+    latency_ms: float, batch_size: int = 1, inferences: int = 1000, **assumptions: float
+) -> dict[str, float]:
+    """:func:`footprint` of ``inferences`` predictions at a measured ``latency_ms`` per batch of
+    ``batch_size``: ``latency_ms / 1000 x inferences / batch_size`` busy seconds.
+    Example: ``inference_footprint(2.5, batch_size=256)["energy_j"]  # per 1,000 predictions``
+    """
+    latency_ms = check_number("latency_ms", latency_ms, minimum=0.0)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    inferences = check_int("inferences", inferences, minimum=1)
+    busy = latency_ms / 1000.0 * inferences / batch_size
+    return {**footprint(busy, **assumptions), "inferences": inferences}
+
+
+# --------------------------------------------------------------------------- labkit prepare
+
+
+def prepare(progress: bool | None = None) -> dict[str, Any]:
+    """Train (or verify cached) the pipeline at its default config and compute the single-method
+    records; part of ``labkit prepare``.
+    Example: ``prepare()["cpu_seconds"]``
+    """
+    pipe = pipeline(progress=progress)
+    return {"cpu_seconds": pipe.cpu_seconds, "single_methods": len(single_methods(progress))}
 
 
 def steps() -> list[Step]:
@@ -10,7 +545,7 @@ def steps() -> list[Step]:
     return [
         Step(
             "capstone",
-            "labkit.capstone:prepare",
+            "labkit.course.nb08_capstone:prepare",
             needs=("model:cnn1d/mnist1d", "model:mlp/mnist1d", "distill:transfer"),
             cost=15.0,
         )

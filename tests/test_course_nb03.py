@@ -1,8 +1,9 @@
-"""labkit.prune_sweeps: notebook 03's sweep points, their wrappers, cache and grids."""
+"""labkit.course.nb03_pruning: notebook 03's sweep points, their wrappers, cache and grids."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 import labkit
-from labkit import measure, models, prune_sweeps, sparse, sweep
+from labkit import measure, models, sparse, sweep
+from labkit.course import nb03_pruning
 
 MLP_KEY = models.cache_key("mlp", "digits")
 VIT_KEY = models.cache_key("vit", "digits")
@@ -28,7 +30,7 @@ def untrained_mlp(monkeypatch, tmp_data):
         torch.manual_seed(seed)
         return models.build("mlp", models.RECIPES[("mlp", dataset)].config).eval()
 
-    monkeypatch.setattr(prune_sweeps, "dense_mlp", build)
+    monkeypatch.setattr(nb03_pruning, "dense_mlp", build)
     return build
 
 
@@ -38,13 +40,13 @@ def _weights(model: torch.nn.Module) -> int:
 
 def test_unstructured_at_zero_keeps_every_weight_and_prunes_exactly_at_ninety(untrained_mlp):
     dense = untrained_mlp("digits", 0)
-    kept = prune_sweeps.unstructured(MLP_KEY, "digits", 0, "layer", 0.0, 1, 3e-3)
+    kept = nb03_pruning.unstructured(MLP_KEY, "digits", 0, "layer", 0.0, 1, 3e-3)
     assert kept["nonzero"] == measure.count_params(dense)
     assert kept["bytes_dense"] == sparse.sparse_model_bytes(dense, "dense")
     assert kept["bytes_auto"] <= kept["bytes_dense"] < kept["bytes_bitmask"]
     assert 0.0 <= kept["acc_pruned"] <= 1.0 and 0.0 <= kept["acc"] <= 1.0
 
-    pruned = prune_sweeps.unstructured(MLP_KEY, "digits", 0, "global", 0.9, 1, 3e-3)
+    pruned = nb03_pruning.unstructured(MLP_KEY, "digits", 0, "global", 0.9, 1, 3e-3)
     removed = round(0.9 * _weights(dense))  # torch's global_unstructured count; biases stay
     assert pruned["nonzero"] == measure.count_params(dense) - removed
     assert pruned["bytes_auto"] < kept["bytes_auto"] / 4  # the zeros are left out of the file
@@ -57,9 +59,9 @@ def test_structured_shrinks_the_hidden_layers_by_the_fraction(untrained_mlp, mon
         trained.append(config)
         return models.build("mlp", config).eval()
 
-    monkeypatch.setattr(prune_sweeps, "train_mlp", fake_train)
+    monkeypatch.setattr(nb03_pruning, "train_mlp", fake_train)
     dense_hidden = models.RECIPES[("mlp", "digits")].config.hidden  # (300, 100)
-    r = prune_sweeps.structured(MLP_KEY, "digits", 1, 0.75, 1, 3e-3)
+    r = nb03_pruning.structured(MLP_KEY, "digits", 1, 0.75, 1, 3e-3)
     assert r["hidden"] == [h - round(0.75 * h) for h in dense_hidden] == [75, 25]
     small = models.build("mlp", trained[0])
     assert list(trained[0].hidden) == r["hidden"]  # the baseline has the pruned shape
@@ -68,7 +70,7 @@ def test_structured_shrinks_the_hidden_layers_by_the_fraction(untrained_mlp, mon
 
 
 def test_ticket_returns_the_lottery_accuracies():
-    r = prune_sweeps.ticket(MLP_KEY, "digits", 0, 0.9, 1, 1, 3e-3)
+    r = nb03_pruning.ticket(MLP_KEY, "digits", 0, 0.9, 1, 1, 3e-3)
     assert set(r) == {"dense", "rewind", "random", "sparsity"}
     assert r["sparsity"] == pytest.approx(0.9, abs=0.01)
 
@@ -81,22 +83,27 @@ def test_dense_mlp_trains_once_then_loads_the_same_weights(tmp_data, monkeypatch
         torch.manual_seed(seed)
         return models.build("mlp", models.RECIPES[("mlp", dataset)].config).eval()
 
-    monkeypatch.setattr(prune_sweeps, "train_mlp", fake_train)
-    prune_sweeps.dense_mlp.cache_clear()
+    monkeypatch.setattr(nb03_pruning, "train_mlp", fake_train)
+    nb03_pruning.dense_mlp.cache_clear()
     try:
-        first = prune_sweeps.dense_mlp("digits", 1)
-        prune_sweeps.dense_mlp.cache_clear()  # a new process: only the disk cache is left
-        again = prune_sweeps.dense_mlp("digits", 1)
+        first = nb03_pruning.dense_mlp("digits", 1)
+        nb03_pruning.dense_mlp.cache_clear()  # a new process: only the disk cache is left
+        again = nb03_pruning.dense_mlp("digits", 1)
         assert calls == [1]
         for a, b in zip(first.state_dict().values(), again.state_dict().values()):
             assert torch.equal(a, b)
         (path,) = (tmp_data / "cache" / "prune").glob("mlp-digits-seed1-*.pt")
         path.write_bytes(b"not a checkpoint")  # a corrupt file is retrained, not trusted
-        prune_sweeps.dense_mlp.cache_clear()
-        prune_sweeps.dense_mlp("digits", 1)
+        nb03_pruning.dense_mlp.cache_clear()
+        nb03_pruning.dense_mlp("digits", 1)
         assert calls == [1, 1]
+        # a loadable file with other weights fails its sha256 check: retrained too
+        torch.save({k: v + 1 for k, v in first.state_dict().items()}, path)
+        nb03_pruning.dense_mlp.cache_clear()
+        nb03_pruning.dense_mlp("digits", 1)
+        assert calls == [1, 1, 1]
     finally:
-        prune_sweeps.dense_mlp.cache_clear()
+        nb03_pruning.dense_mlp.cache_clear()
 
 
 def test_wrappers_pass_name_version_and_jobs_and_keep_point_order(monkeypatch):
@@ -107,19 +114,19 @@ def test_wrappers_pass_name_version_and_jobs_and_keep_point_order(monkeypatch):
         return [{**p, "result": p.get("seed", 0) * 100 + p["amount"]} for p in points]
 
     monkeypatch.setattr(sweep, "run", fake_run)
-    points = prune_sweeps.course_points()["structured"]
-    records = prune_sweeps.structured_sweep(points, jobs=2)
+    points = nb03_pruning.course_points()["structured"]
+    records = nb03_pruning.structured_sweep(points, jobs=2)
     assert [{k: r[k] for k in points[0]} for r in records] == points  # order of the input
     assert all(r["result"] == r["seed"] * 100 + r["amount"] for r in records)
     fn, ran, kw = seen[0]
-    assert fn is prune_sweeps.structured and sorted(ran, key=points.index) == points
+    assert fn is nb03_pruning.structured and sorted(ran, key=points.index) == points
     assert kw == {"name": "prune-structured", "version": MLP_KEY, "progress": None, "jobs": 2}
     assert {p["seed"] for p in ran[:3]} == {0, 1, 2}  # workers start on different seeds
     names = {}
-    for part in prune_sweeps.PARTS:
-        records = prune_sweeps.prepare([part])[part]
+    for part in nb03_pruning.PARTS:
+        records = nb03_pruning.prepare([part])[part]
         names[part] = seen[-1][2]["name"]
-        assert len(records) == len(prune_sweeps.course_points()[part])
+        assert len(records) == len(nb03_pruning.course_points()[part])
     assert names == {
         "unstructured": "prune-unstructured",
         "schedules": "prune-schedules",
@@ -132,11 +139,11 @@ def test_wrappers_pass_name_version_and_jobs_and_keep_point_order(monkeypatch):
 
 def test_run_functions_can_go_to_worker_processes():
     for fn in (
-        prune_sweeps.unstructured,
-        prune_sweeps.schedules,
-        prune_sweeps.ticket,
-        prune_sweeps.structured,
-        prune_sweeps.surgery,
+        nb03_pruning.unstructured,
+        nb03_pruning.schedules,
+        nb03_pruning.ticket,
+        nb03_pruning.structured,
+        nb03_pruning.surgery,
     ):
         sweep._check_importable(fn)  # raises for closures, lambdas and notebook functions
 
@@ -144,19 +151,19 @@ def test_run_functions_can_go_to_worker_processes():
 @pytest.mark.parametrize(
     ("wrapper", "points", "match"),
     [
-        (prune_sweeps.unstructured_sweep, {"seed": 0}, "points must be a list"),
-        (prune_sweeps.unstructured_sweep, [{"seed": 0}], "keys key, dataset, seed"),
-        (prune_sweeps.vit_sweep, [dict(key="x", change="heads", amount=1, epochs=1, lr=1)], "key"),
-        (prune_sweeps.structured_sweep, "course_points", "dataset must be one of"),
-        (prune_sweeps.unstructured_sweep, "scope", "scope must be one of"),
+        (nb03_pruning.unstructured_sweep, {"seed": 0}, "points must be a list"),
+        (nb03_pruning.unstructured_sweep, [{"seed": 0}], "keys key, dataset, seed"),
+        (nb03_pruning.vit_sweep, [dict(key="x", change="heads", amount=1, epochs=1, lr=1)], "key"),
+        (nb03_pruning.structured_sweep, "course_points", "dataset must be one of"),
+        (nb03_pruning.unstructured_sweep, "scope", "scope must be one of"),
     ],
 )
 def test_bad_points_raise_one_line_value_errors(monkeypatch, wrapper, points, match):
     monkeypatch.setattr(sweep, "run", lambda *a, **k: pytest.fail("ran before checking"))
     if points == "course_points":
-        points = [{**prune_sweeps.course_points()["structured"][0], "dataset": "cifar"}]
+        points = [{**nb03_pruning.course_points()["structured"][0], "dataset": "cifar"}]
     elif points == "scope":
-        points = [{**prune_sweeps.course_points()["unstructured"][0], "scope": "row"}]
+        points = [{**nb03_pruning.course_points()["unstructured"][0], "scope": "row"}]
     with pytest.raises(ValueError, match=match) as err:
         wrapper(points)
     assert "\n" not in str(err.value)
@@ -164,9 +171,9 @@ def test_bad_points_raise_one_line_value_errors(monkeypatch, wrapper, points, ma
 
 def test_bad_jobs_and_parts_raise():
     with pytest.raises(ValueError, match="jobs"):
-        prune_sweeps.lottery_sweep(prune_sweeps.course_points()["lottery"], jobs=0)
+        nb03_pruning.lottery_sweep(nb03_pruning.course_points()["lottery"], jobs=0)
     with pytest.raises(ValueError, match="parts"):
-        prune_sweeps.prepare(["nosuch"])
+        nb03_pruning.prepare(["nosuch"])
 
 
 def _assigned(stmt: ast.stmt) -> set[str]:
@@ -178,7 +185,7 @@ def _assigned(stmt: ast.stmt) -> set[str]:
 
 
 def _notebook_points() -> tuple[dict, dict[str, list[dict]]]:
-    """The parameters cell, and the points each ``prune_sweeps.*_sweep(points, ...)`` call of the
+    """The parameters cell, and the points each ``experiments.*_sweep(points, ...)`` call of the
     notebook receives: the statements that build ``points`` (and the keys) are run in order."""
     import nbformat
 
@@ -193,7 +200,7 @@ def _notebook_points() -> tuple[dict, dict[str, list[dict]]]:
     for c in nb.cells:
         if c.cell_type != "code" or c.source.startswith("%"):
             continue
-        wanted = {"mlp_key", "vit_key"} | ({"points"} if "prune_sweeps." in c.source else set())
+        wanted = {"mlp_key", "vit_key"} | ({"points"} if "experiments." in c.source else set())
         for stmt in ast.parse(c.source).body:
             if _assigned(stmt) & wanted:
                 exec(compile(ast.Module([stmt], []), str(NOTEBOOK), "exec"), scope)
@@ -207,11 +214,11 @@ def _notebook_points() -> tuple[dict, dict[str, list[dict]]]:
 def test_notebook_grids_are_the_prepared_sweeps():
     """labkit prepare computes course_points(); the notebook must ask for exactly those points."""
     params, found = _notebook_points()
-    assert set(found) == set(prune_sweeps.PARTS)
-    course = prune_sweeps.course_points()
-    for part in prune_sweeps.PARTS:
+    assert set(found) == set(nb03_pruning.PARTS)
+    course = nb03_pruning.course_points()
+    for part in nb03_pruning.PARTS:
         assert found[part] == course[part], part
-    from_params = prune_sweeps.course_points(
+    from_params = nb03_pruning.course_points(
         params["DATASET"], params["SEEDS"], params["AMOUNTS"], params["FT_EPOCHS"],
         params["FT_LR"], params["CHANNEL_AMOUNTS"],
     )  # fmt: skip
@@ -222,6 +229,16 @@ def test_notebook_grids_are_the_prepared_sweeps():
 def test_train_mlp_at_the_recipe_seed_reproduces_the_pretrained_model():
     """Both go through models.train_recipe: the dense baselines of all seeds share one recipe."""
     seed = models.RECIPES[("mlp", "digits")].seed
-    fresh, cached = prune_sweeps.train_mlp("digits", seed), models.pretrained("mlp", "digits")
+    fresh, cached = nb03_pruning.train_mlp("digits", seed), models.pretrained("mlp", "digits")
     for key, value in cached.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_steps_run_this_module_prepare_once_per_part():
+    """Every step of labkit prepare for notebook 03 calls this module's prepare on one part."""
+    plan = nb03_pruning.steps()
+    assert sorted(part for s in plan for part in s.kwargs["parts"]) == sorted(nb03_pruning.PARTS)
+    for step in plan:
+        module, name = step.target.split(":")
+        assert getattr(importlib.import_module(module), name) is nb03_pruning.prepare
+        assert step.name == f"prune:{step.kwargs['parts'][0]}"

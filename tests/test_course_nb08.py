@@ -1,4 +1,4 @@
-"""labkit.capstone: the shipped file, the staged pipeline and its cache, the checker, CO2."""
+"""Notebook 08's course code: the staged pipeline and its cache, the checker, CO2, the step."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import capstone, course, data, lowbit, measure, models, prune, quant, train
+from labkit import course, data, measure, models, prune, quant, ship, train
+from labkit.course import nb08_capstone
 from labkit.grading.source import read_notebook
 from labkit.grading.workbook import release_notebook
 
@@ -58,109 +59,10 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.eval()(x)
 
 
-# --------------------------------------------------------------------------- the shipped file
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda m: quant.quantize(
-            m, quant.QuantConfig(bits=8, act_bits=None, granularity="per_channel")
-        ),
-        lambda m: quant.quantize(m, quant.QuantConfig(bits=4, act_bits=None)),
-        lambda m: quant.quantize(
-            prune.remove(prune.magnitude(m, 0.6, "global")),
-            quant.QuantConfig(bits=3, act_bits=None, granularity="per_channel"),
-        ),
-    ],
-    ids=["int8-per-channel", "4bit-per-tensor", "pruned-3bit"],
-)
-def test_quantized_models_read_back_bit_exact(make):
-    qmodel = make(_cnn())
-    payload = capstone.to_bytes(qmodel)
-    back = capstone.from_bytes(payload)
-    x = _signals()
-    assert isinstance(back, models.CNN1d) and not back.training
-    torch.testing.assert_close(_outputs(back, x), _outputs(qmodel, x), rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_lowbit_layers_read_back_bit_exact(symmetric):
-    torch.manual_seed(0)
-    mlp = models.build("mlp", in_features=40, hidden=(48,))
-    qmodel = lowbit.quantize(mlp, lowbit.LowBitConfig(bits=3, group_size=16, symmetric=symmetric))
-    back = capstone.from_bytes(capstone.to_bytes(qmodel))
-    x = _signals()
-    torch.testing.assert_close(_outputs(back, x), _outputs(qmodel, x), rtol=0, atol=0)
-
-
-def test_float_models_read_back_with_batchnorm_folded():
-    model = _cnn()
-    pruned = prune.magnitude(model, 0.7, "global")  # masks still attached
-    for m in (model, pruned):
-        back = capstone.from_bytes(capstone.to_bytes(m))
-        assert not any(isinstance(b, nn.BatchNorm1d) for b in back.modules()), "BN folded"
-        torch.testing.assert_close(
-            _outputs(back, _signals()), _outputs(m, _signals()), rtol=1e-5, atol=1e-5
-        )
-    assert measure.count_nonzero(capstone.from_bytes(capstone.to_bytes(pruned))) == (
-        measure.count_nonzero(quant.fold_bn(prune.remove(pruned)))
-    )
-
-
-def test_bytes_follow_the_encodings():
-    model = _cnn()
-    dense = len(capstone.to_bytes(model))
-    assert dense < measure.model_bytes(model), "no BN statistics, no torch.save records"
-    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, prune.PRUNABLE))
-    q4 = quant.quantize(model, quant.QuantConfig(bits=4, act_bits=None, granularity="per_channel"))
-    q8 = quant.quantize(model, quant.QuantConfig(bits=8, act_bits=None, granularity="per_channel"))
-    # going from 8 to 4 bits per code saves exactly half a byte per weight (each layer rounded up)
-    saved = len(capstone.to_bytes(q8)) - len(capstone.to_bytes(q4))
-    layers = [m.weight.numel() for m in model.modules() if isinstance(m, prune.PRUNABLE)]
-    assert saved == sum(n - math.ceil(n * 4 / 8) for n in layers)
-    assert dense - len(capstone.to_bytes(q8)) > 2 * weights  # 4 bytes -> 1 byte (+ scales)
-
-
-def test_code_bytes_is_what_the_packer_writes():
-    g = torch.Generator().manual_seed(0)
-    for numel, bits, density in [(1000, 4, 0.5), (999, 3, 0.9), (64, 8, 0.1), (10, 2, 0.0)]:
-        keep = torch.rand(numel, generator=g) < density
-        codes = torch.randint(1, 2**bits, (numel,), generator=g) * keep  # 0: pruned
-        dense = lowbit.pack_codes(codes, bits).numel()
-        masked = lowbit.pack_codes(keep, 1).numel() + lowbit.pack_codes(codes[keep], bits).numel()
-        assert capstone.code_bytes(numel, int(keep.sum()), bits) == min(dense, masked)
-        blob, nnz = capstone._pack(codes, torch.zeros_like(codes), bits)
-        assert blob.numel() == min(dense, masked) and (nnz is None) == (dense <= masked)
-    assert capstone.code_bytes(1000, 500, 4) == 375 and capstone.code_bytes(1000, 900, 4) == 500
-
-
-@pytest.mark.parametrize("bits", [2, 4, 8])
-@pytest.mark.parametrize("density", [0.25, 0.5])
-def test_mask_saving_is_what_the_packer_saves(bits, density):
-    # 1 - density - 1/bits, against the real bytes of dense and masked codes (whole bytes: numel
-    # and nnz chosen so that no byte is partly filled)
-    numel = 4096
-    keep = torch.zeros(numel, dtype=torch.bool)
-    keep[
-        torch.randperm(numel, generator=torch.Generator().manual_seed(bits))[: int(density * numel)]
-    ] = True
-    codes = torch.randint(1, 2**bits, (numel,), generator=torch.Generator().manual_seed(1)) * keep
-    dense = lowbit.pack_codes(codes, bits).numel()
-    masked = lowbit.pack_codes(keep, 1).numel() + lowbit.pack_codes(codes[keep], bits).numel()
-    assert capstone.mask_saving(density, bits) == pytest.approx(1 - masked / dense, abs=1e-12)
-    blob, nnz = capstone._pack(codes, torch.zeros_like(codes), bits)
-    if capstone.mask_saving(density, bits) > 0:  # the file stores the masked form then
-        assert nnz == int(keep.sum()) and blob.numel() == masked
-    assert capstone.mask_saving(0.5, 8) == pytest.approx(0.375)  # not "almost half"
-    with pytest.raises(ValueError, match="density"):
-        capstone.mask_saving(1.5, 4)
-
-
 # --------------------------------------------------------------------------- the pipeline
 
 
-TINY = capstone.PipelineConfig(
+TINY = nb08_capstone.PipelineConfig(
     channels=(8, 8, 8), distill_epochs=1, prune_epochs=1, qat_epochs=1, batch_size=32
 )
 
@@ -170,29 +72,29 @@ def tiny_inputs(tmp_data, monkeypatch):
     """A small random teacher and dataset instead of the real ones; the cache in a temp dir."""
     teacher = _cnn(config=models.CNN1dConfig(channels=(12, 12, 12)))
     ds = _tiny_data()
-    monkeypatch.setattr(capstone, "_inputs", lambda: (teacher, ds))
-    monkeypatch.setattr(capstone, "_transfer", lambda: _signals(32, seed=5))
+    monkeypatch.setattr(nb08_capstone, "_inputs", lambda: (teacher, ds))
+    monkeypatch.setattr(nb08_capstone, "_transfer", lambda: _signals(32, seed=5))
     calls = []
-    real = capstone.train_stages
+    real = nb08_capstone.train_stages
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(capstone, "train_stages", counted)
+    monkeypatch.setattr(nb08_capstone, "train_stages", counted)
     return ds, calls
 
 
 def test_stages_really_compress_and_are_measured(tiny_inputs):
     ds, _ = tiny_inputs
-    pipe = capstone.pipeline(TINY)
-    assert list(pipe.stages) == list(capstone.STAGES)
-    rows = capstone.stage_records(pipe, ds)
+    pipe = nb08_capstone.pipeline(TINY)
+    assert list(pipe.stages) == list(nb08_capstone.STAGES)
+    rows = nb08_capstone.stage_records(pipe, ds)
     sizes = [r["bytes"] for r in rows]
     assert all(a > b for a, b in zip(sizes, sizes[1:])), f"bytes must drop at every stage: {sizes}"
     for r in rows:  # the accuracy of the file read back is the stage model's own accuracy
         model = pipe.stages[r["stage"]]
-        assert r["bytes"] == len(capstone.to_bytes(model))
+        assert r["bytes"] == len(ship.to_bytes(model))
         if r["stage"] in ("int8", "lowbit"):
             assert r["acc"] == train.evaluate(model, ds)["acc"]
     weights = [m.weight for m in pipe.stages["pruned"].modules() if isinstance(m, prune.PRUNABLE)]
@@ -209,11 +111,11 @@ def test_second_call_reads_the_cache_and_a_corrupt_file_retrains(tiny_inputs):
     from labkit import utils
 
     ds, calls = tiny_inputs
-    first = capstone.pipeline(TINY)
+    first = nb08_capstone.pipeline(TINY)
     (path,) = utils.cache_dir("capstone").glob("pipeline-*.pt")
-    second = capstone.pipeline(TINY)
+    second = nb08_capstone.pipeline(TINY)
     assert len(calls) == 1, "the second call must not retrain"
-    for stage in capstone.STAGES:
+    for stage in nb08_capstone.STAGES:
         torch.testing.assert_close(
             _outputs(second.stages[stage], ds.X_test),
             _outputs(first.stages[stage], ds.X_test),
@@ -223,9 +125,9 @@ def test_second_call_reads_the_cache_and_a_corrupt_file_retrains(tiny_inputs):
     assert second.cpu_seconds == first.cpu_seconds
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     with pytest.warns(UserWarning, match="unusable"):
-        capstone.pipeline(TINY)
+        nb08_capstone.pipeline(TINY)
     assert len(calls) == 2, "a corrupt cache file is retrained"
-    capstone.pipeline(dataclasses.replace(TINY, amount=0.25))
+    nb08_capstone.pipeline(dataclasses.replace(TINY, amount=0.25))
     assert len(calls) == 3, "another config is another cache entry"
 
 
@@ -236,23 +138,25 @@ def test_check_reports_the_file_size_and_an_independent_accuracy(tmp_path):
     qmodel = quant.quantize(
         _cnn(), quant.QuantConfig(bits=4, act_bits=None, granularity="per_channel")
     )
-    path = capstone.save(qmodel, tmp_path / "submission.lkc")
+    path = ship.save(qmodel, tmp_path / "submission.lkc")
     X = _signals(200, seed=3)
     y = _outputs(qmodel, X).argmax(-1)
     y[::3] = (y[::3] + 1) % 10  # 67 of the 200 labels wrong
-    result = capstone.check(path, budget_bytes=10**6, min_acc=0.0, heldout=(X, y))
-    assert result["bytes"] == path.stat().st_size == len(capstone.to_bytes(qmodel))
+    result = nb08_capstone.check(path, budget_bytes=10**6, min_acc=0.0, heldout=(X, y))
+    assert result["bytes"] == path.stat().st_size == len(ship.to_bytes(qmodel))
     independent = (_outputs(qmodel, X).argmax(-1) == y).double().mean().item()
     assert independent == pytest.approx(133 / 200)
     assert result["acc"] == pytest.approx(independent, abs=1e-12)
     assert result["passed"]
-    tight = capstone.check(path, budget_bytes=result["bytes"] - 1, min_acc=0.0, heldout=(X, y))
+    tight = nb08_capstone.check(path, budget_bytes=result["bytes"] - 1, min_acc=0.0, heldout=(X, y))
     assert not tight["fits"] and tight["accurate"] and not tight["passed"]
-    picky = capstone.check(path, budget_bytes=10**6, min_acc=independent + 0.01, heldout=(X, y))
+    picky = nb08_capstone.check(
+        path, budget_bytes=10**6, min_acc=independent + 0.01, heldout=(X, y)
+    )
     assert picky["fits"] and not picky["accurate"] and not picky["passed"]
-    assert capstone.CHALLENGE["budget_bytes"] == 10_000
+    assert nb08_capstone.CHALLENGE["budget_bytes"] == 10_000
     with pytest.raises(TypeError):
-        capstone.CHALLENGE["budget_bytes"] = 10**9  # read-only: a notebook cannot loosen it
+        nb08_capstone.CHALLENGE["budget_bytes"] = 10**9  # read-only: a notebook cannot loosen it
 
 
 def test_check_evaluates_on_the_validation_split_not_the_test_split(tmp_path, monkeypatch):
@@ -262,15 +166,15 @@ def test_check_evaluates_on_the_validation_split_not_the_test_split(tmp_path, mo
     val_pred = _outputs(model, ds.X_val).argmax(-1)
     test_wrong = (_outputs(model, ds.X_test).argmax(-1) + 1) % 10
     ds = dataclasses.replace(ds, y_val=val_pred, y_test=test_wrong)
-    monkeypatch.setattr(capstone.data, "load", lambda *a, **k: ds)
-    path = capstone.save(model, tmp_path / "submission.lkc")
-    result = capstone.check(path, budget_bytes=10**6, min_acc=0.95)
+    monkeypatch.setattr(nb08_capstone.data, "load", lambda *a, **k: ds)
+    path = ship.save(model, tmp_path / "submission.lkc")
+    result = nb08_capstone.check(path, budget_bytes=10**6, min_acc=0.95)
     assert result["acc"] == 1.0 and result["passed"]
-    graded = capstone.check(path, budget_bytes=10**6, min_acc=0.95, heldout=ds.split("test"))
+    graded = nb08_capstone.check(path, budget_bytes=10**6, min_acc=0.95, heldout=ds.split("test"))
     assert graded["acc"] == 0.0 and not graded["passed"]  # grading passes the test split
 
 
-def test_released_capstone_shows_neither_the_recipe_nor_a_test_split_evaluation():
+def test_released_notebook_shows_neither_the_recipe_nor_a_test_split_evaluation():
     path = Path(__file__).resolve().parent.parent / "notebooks" / "08_capstone.ipynb"
     source = read_notebook(path)
     workbook = release_notebook(source, path.name)
@@ -303,7 +207,7 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 def test_bad_input_gives_one_line_errors(tmp_path, tiny_inputs):
     ds, _ = tiny_inputs
-    path = capstone.save(_cnn(), tmp_path / "model.lkc")
+    path = ship.save(_cnn(), tmp_path / "model.lkc")
     heldout = (ds.X_test, ds.y_test)
     for kwargs, word in [
         ({"budget_bytes": 0}, "budget_bytes"),
@@ -312,27 +216,18 @@ def test_bad_input_gives_one_line_errors(tmp_path, tiny_inputs):
         ({"budget_bytes": 2.5}, "budget"),
     ]:
         with pytest.raises(ValueError, match=word) as err:
-            capstone.check(path, heldout=heldout, **kwargs)
+            nb08_capstone.check(path, heldout=heldout, **kwargs)
         _one_line(err)
     with pytest.raises(ValueError, match="path") as err:
-        capstone.check(tmp_path / "missing.lkc", heldout=heldout)
+        nb08_capstone.check(tmp_path / "missing.lkc", heldout=heldout)
     _one_line(err)
     (tmp_path / "junk.lkc").write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="capstone.to_bytes") as err:
-        capstone.check(tmp_path / "junk.lkc", heldout=heldout)
+    with pytest.raises(ValueError, match="ship.to_bytes") as err:
+        nb08_capstone.check(tmp_path / "junk.lkc", heldout=heldout)
     _one_line(err)
-    with pytest.raises(ValueError, match="complete file") as err:
-        capstone.from_bytes(capstone.to_bytes(_cnn())[:-40])
-    _one_line(err)
-    pipe = capstone.pipeline(TINY)
+    pipe = nb08_capstone.pipeline(TINY)
     with pytest.raises(ValueError, match="stage") as err:
-        capstone.stage_records(pipe, ds, stages=["fp32", "int4"])
-    _one_line(err)
-    with pytest.raises(ValueError, match="zoo model") as err:
-        capstone.to_bytes(nn.Sequential(nn.Linear(4, 2)))
-    _one_line(err)
-    with pytest.raises(ValueError, match="act_bits=None") as err:
-        capstone.to_bytes(quant.quantize(_cnn(), quant.QuantConfig(bits=8), _signals()))
+        nb08_capstone.stage_records(pipe, ds, stages=["fp32", "int4"])
     _one_line(err)
     for kwargs, word in [
         ({"channels": ()}, "channels"),
@@ -341,10 +236,10 @@ def test_bad_input_gives_one_line_errors(tmp_path, tiny_inputs):
         ({"lr": 0.0}, "lr"),
     ]:
         with pytest.raises(ValueError, match=word) as err:
-            capstone.PipelineConfig(**kwargs)
+            nb08_capstone.PipelineConfig(**kwargs)
         _one_line(err)
     with pytest.raises(ValueError, match="config") as err:
-        capstone.pipeline({"channels": (4, 4, 4)})
+        nb08_capstone.pipeline({"channels": (4, 4, 4)})
     _one_line(err)
 
 
@@ -353,18 +248,18 @@ def test_bad_input_gives_one_line_errors(tmp_path, tiny_inputs):
 
 def test_footprint_is_hand_arithmetic():
     # one hour at 10 W is 10 Wh = 0.01 kWh; at 500 g CO2e per kWh that is 5 g
-    f = capstone.footprint(3600.0, watts=10.0, grid_g_per_kwh=500.0)
+    f = nb08_capstone.footprint(3600.0, watts=10.0, grid_g_per_kwh=500.0)
     assert f["energy_j"] == pytest.approx(36_000.0) and f["energy_wh"] == pytest.approx(10.0)
     assert f["co2_g"] == pytest.approx(5.0)
-    assert capstone.footprint(3600.0, watts=10.0, grid_g_per_kwh=500.0, pue=1.5)["co2_g"] == (
+    assert nb08_capstone.footprint(3600.0, watts=10.0, grid_g_per_kwh=500.0, pue=1.5)["co2_g"] == (
         pytest.approx(7.5)
     )
-    default = capstone.footprint(12.0)  # the stated assumptions: 15 W, 400 g/kWh, PUE 1
+    default = nb08_capstone.footprint(12.0)  # the stated assumptions: 15 W, 400 g/kWh, PUE 1
     assert default["energy_j"] == pytest.approx(12.0 * 15.0)
     assert default["co2_g"] == pytest.approx(12.0 * 15.0 / 3.6e6 * 400.0)
     assert default["energy_j"] == pytest.approx(measure.energy_estimate_j(12_000.0))
     # 1,000 predictions at 2 ms per batch of 4: 0.5 s busy
-    per_1000 = capstone.inference_footprint(2.0, batch_size=4, inferences=1000, watts=20.0)
+    per_1000 = nb08_capstone.inference_footprint(2.0, batch_size=4, inferences=1000, watts=20.0)
     assert per_1000["cpu_seconds"] == pytest.approx(0.5) and per_1000["energy_j"] == (
         pytest.approx(10.0)
     )
@@ -376,10 +271,10 @@ def test_footprint_is_hand_arithmetic():
         {"cpu_seconds": 1.0, "watts": -2.0},
     ):
         with pytest.raises(ValueError) as err:
-            capstone.footprint(**bad)
+            nb08_capstone.footprint(**bad)
         _one_line(err)
     with pytest.raises(ValueError, match="batch_size"):
-        capstone.inference_footprint(1.0, batch_size=0)
+        nb08_capstone.inference_footprint(1.0, batch_size=0)
 
 
 # --------------------------------------------------------------------------- labkit prepare
@@ -388,6 +283,6 @@ def test_footprint_is_hand_arithmetic():
 def test_prepare_has_a_step_after_the_models_it_reads():
     plan = {s.name: s for s in course.steps()}
     step = plan["capstone"]
-    assert step.target == "labkit.capstone:prepare"
+    assert step.target == "labkit.course.nb08_capstone:prepare"
     for need in ("model:cnn1d/mnist1d", "model:mlp/mnist1d", "distill:transfer"):
         assert need in step.needs

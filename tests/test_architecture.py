@@ -1,0 +1,164 @@
+"""The import rule of docs/architecture.md: foundation <- techniques <- course, never upwards;
+notebooks use only public names."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "labkit"
+
+FOUNDATION = {"utils", "data", "models", "train", "measure", "sweep", "plots", "widgets", "kernels"}
+TECHNIQUES = {
+    "attention",
+    "distill",
+    "prune",
+    "prune_structured",
+    "prune_transformer",
+    "sparse",
+    "quant",
+    "quant_int8",
+    "quant_integer",
+    "lowbit",
+    "dynamic",
+    "condense",
+    "ship",
+}
+COURSE = {"course", "bench", "cli", "grading"}  # the course layer and its commands
+TOP = {"__init__", "__main__"}  # the package's face: lazy re-exports, ``python -m labkit``
+
+
+def _module_name(path: Path) -> str:
+    """``labkit/course/nb02_x.py`` -> ``course``: the top-level module or package it belongs to."""
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _labkit_imports(tree: ast.AST, package: str) -> set[str]:
+    """The top-level labkit modules a module imports (absolute or relative)."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: inside this module's own package
+                out.add(package)
+                continue
+            parts = (node.module or "").split(".")
+            if parts[0] != "labkit":
+                continue
+            if len(parts) > 1:
+                out.add(parts[1])
+            else:
+                out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "labkit" and len(parts) > 1:
+                    out.add(parts[1])
+    return out
+
+
+def _imports_by_module() -> dict[str, set[str]]:
+    table: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        imports = _labkit_imports(ast.parse(path.read_text(encoding="utf-8")), name)
+        table.setdefault(name, set()).update(imports - {name, "__version__"})
+    return table
+
+
+def test_every_module_has_a_layer():
+    known = FOUNDATION | TECHNIQUES | COURSE | TOP
+    unknown = set(_imports_by_module()) - known
+    assert not unknown, f"give each new module a layer (docs/architecture.md): {sorted(unknown)}"
+
+
+@pytest.mark.parametrize(
+    ("layer", "allowed"),
+    [
+        (FOUNDATION, FOUNDATION),
+        (TECHNIQUES, (FOUNDATION - {"sweep", "plots", "widgets"}) | TECHNIQUES),
+    ],
+    ids=["foundation", "techniques"],
+)
+def test_imports_only_point_down(layer, allowed):
+    bad = {
+        name: sorted(imports - allowed)
+        for name, imports in _imports_by_module().items()
+        if name in layer and imports - allowed
+    }
+    assert not bad, f"imports against the layering (docs/architecture.md): {bad}"
+
+
+def test_the_rule_catches_an_upward_import():
+    tree = ast.parse("from labkit import sweep\nfrom labkit.course import nb02_distillation\n")
+    assert _labkit_imports(tree, "distill") == {"sweep", "course"}
+    tree = ast.parse("import labkit.bench as b\nfrom . import scheduler\n")
+    assert _labkit_imports(tree, "course") == {"bench", "course"}
+
+
+def _parse(source: str) -> ast.AST | None:
+    try:
+        return ast.parse(source)
+    except SyntaxError:  # IPython magics: not plain Python
+        return None
+
+
+def _aliases(tree: ast.AST | None) -> set[str]:
+    """The names a cell binds to labkit modules (``from labkit import x``, ``import labkit.y``)."""
+    names: set[str] = set()
+    for node in ast.walk(tree) if tree is not None else ():
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("labkit"):
+            names |= {alias.asname or alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("labkit"):
+                    names.add(alias.asname or alias.name.split(".")[0])
+    return names
+
+
+def _private_uses(source: str, aliases: set[str] = frozenset()) -> list[str]:
+    """``labkit`` names starting with ``_`` that notebook code reaches for; ``aliases``: labkit
+    modules imported in earlier cells."""
+    tree = _parse(source)
+    if tree is None:
+        return []
+    aliases = set(aliases) | _aliases(tree)
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("labkit"):
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+            if any(p.startswith("_") for p in (node.module or "").split(".")):
+                found.append(node.module or "")
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+        ):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_the_private_name_check_catches_one():
+    code = "from labkit import models\nfrom labkit.utils import _range\nmodels._x(1)\nmodels.build"
+    assert _private_uses(code) == ["labkit.utils._range", "models._x"]
+    # the module was imported in an earlier cell
+    assert _private_uses("experiments._held(m)", {"experiments"}) == ["experiments._held"]
+    assert _private_uses("other._held(m)", {"experiments"}) == []
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebooks_use_only_public_names(path):
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    aliases = set().union(*(_aliases(_parse(src)) for src in sources))
+    found = [use for src in sources for use in _private_uses(src, aliases)]
+    assert not found, f"private labkit names used in {path.name}: {found}"

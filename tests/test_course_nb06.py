@@ -1,0 +1,60 @@
+"""Notebook 06's cached experiments: the sweep points, the prepare parts and the steps."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from labkit import dynamic
+from labkit.course import nb06_dynamic
+
+
+def test_course_parts_cover_every_point_once():
+    points = nb06_dynamic.course_points(2)
+    assert len(points["exits"]) == 6 and {p["seed"] for p in points["exits"]} == {0, 1}
+    parts = {}
+    for kind, pts in points.items():
+        for p in pts:
+            parts.setdefault(nb06_dynamic._part(kind, p), []).append((kind, p))
+    assert set(parts) == set(nb06_dynamic.PARTS)
+    # the slimmable net serves every width; the full-width static net is the plain baseline
+    assert len(parts["slim"]) == len(nb06_dynamic.COURSE["widths"])
+    assert {kind for kind, _ in parts["plain"]} == {"exits", "width"}
+    extra = 1 + len(nb06_dynamic.COURSE["balances"])  # the wide dense layer, the balancing weights
+    assert len(parts["moe"]) == len(points["moe"]) == len(nb06_dynamic.COURSE["moe"]) + extra
+    with pytest.raises(ValueError, match="parts must be one of"):
+        nb06_dynamic.prepare(["nope"])
+
+
+def test_course_epochs_are_the_defaults_the_notebook_uses():
+    """Notebook 06 calls ``pretrained_slimmable()`` with its defaults: they must load the model the
+    sweep cached, not train another one."""
+    for name, fn in (
+        ("slim_epochs", dynamic.pretrained_slimmable),
+        ("moe_epochs", dynamic.pretrained_moe),
+    ):
+        default = inspect.signature(fn).parameters["num_epochs"].default
+        assert default == nb06_dynamic.COURSE[name], name
+
+
+def test_steps_prepare_every_part_once_through_this_module():
+    steps = nb06_dynamic.steps()
+    assert [s.kwargs["parts"] for s in steps] == [[p] for p in nb06_dynamic.PARTS]
+    for step in steps:
+        module, function = step.target.split(":")
+        assert (module, function) == ("labkit.course.nb06_dynamic", "prepare")
+        assert step.name == f"dynamic:{step.kwargs['parts'][0]}"
+        # slim and moe start from the plain CNN, so they wait for its step
+        assert ("dynamic:plain" in step.needs) == (step.kwargs["parts"][0] in ("slim", "moe"))
+
+
+def test_sweep_versions_follow_the_course_and_the_model_version(monkeypatch):
+    before = {kind: nb06_dynamic._sweep_version(kind) for kind in nb06_dynamic.SWEEP_VERSIONS}
+    monkeypatch.setitem(nb06_dynamic.COURSE, "tolerance", 0.02)
+    assert all(nb06_dynamic._sweep_version(k) != v for k, v in before.items())
+    monkeypatch.undo()
+    monkeypatch.setattr(dynamic, "VERSION", dynamic.VERSION + 1)
+    assert all(nb06_dynamic._sweep_version(k) != v for k, v in before.items())
+    monkeypatch.undo()
+    assert {k: nb06_dynamic._sweep_version(k) for k in before} == before
