@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +63,8 @@ __all__ = [
     "load",
     "clear_cache",
     "describe",
+    "as_xy",
+    "is_split_data",
     "available",
 ]
 
@@ -307,6 +310,35 @@ def clear_cache() -> None:
     """Forget every dataset held in memory by :func:`load` (the disk cache stays)."""
     _load_cached.cache_clear()
     _read_optional.cache_clear()
+
+
+def is_split_data(data: Any) -> bool:
+    """Whether ``data`` hands out ``(X, y)`` splits like :class:`ArrayData` (``data.split(name)``).
+    Example: ``is_split_data(load("digits"))  # True``
+    """
+    return not isinstance(data, (Tensor, str)) and callable(getattr(data, "split", None))
+
+
+def as_xy(data: Any, split: str = "test", name: str = "data") -> tuple[Tensor, Tensor]:
+    """``(X, y)`` tensors from ``data``: its ``split`` (:class:`ArrayData`, or anything with that
+    method) or an ``(X, y)`` pair of tensors of equal, non-zero length. Anything else: a one-line
+    ValueError naming ``name``.
+
+    Example: ``X, y = as_xy(load("digits"), "val")``
+    """
+    if is_split_data(data):
+        return data.split(utils.check_choice("split", split, SPLITS))
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        X, y = data
+        if isinstance(X, Tensor) and isinstance(y, Tensor) and X.dim() and len(X) == len(y) > 0:
+            return X, y
+        sizes = [len(t) if isinstance(t, Tensor) and t.dim() else type(t).__name__ for t in data]
+        raise ValueError(
+            f"{name} must be an (X, y) pair of tensors of equal, non-zero length; got {sizes}"
+        )
+    raise ValueError(
+        f"{name} must be ArrayData or an (X, y) tuple of tensors; got {type(data).__name__}"
+    )
 
 
 def describe(data: ArrayData | TextData) -> str:

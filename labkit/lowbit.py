@@ -12,9 +12,9 @@ metadata, and turns it back into float on the fly. Everything here produces real
 * **Codebooks** (:func:`kmeans_codebook`, :func:`ternarize`, :func:`binarize`,
   :func:`absmean_ternary`): a layer-wide table of float16 levels, each weight stores an index.
   Ternary codes pack five per byte in base 3 (1.6 bits per weight; the limit is log2(3) = 1.58).
-* **Packing** (:func:`pack_codes`): ``bits`` per code as a little-endian bit stream, so two 4-bit
-  or four 2-bit codes share a byte and 3-bit codes run across byte boundaries (8 codes in 3
-  bytes). The same layout as :func:`labkit.quant.pack_bits`, vectorised.
+* **Packing** (:func:`labkit.quant.pack_bits`): ``bits`` per code as a little-endian bit stream,
+  so two 4-bit or four 2-bit codes share a byte and 3-bit codes run across byte boundaries (8
+  codes in 3 bytes).
 * :class:`PackedLinear` keeps only the packed codes, the scales/zero points (or the codebook) and
   the bias, and dequantizes in ``forward``; ``measure.model_bytes`` of a quantized model is its
   real size. :class:`BitLinear` trains ternary weights (BitNet b1.58) with a straight-through
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labkit import quant
+from labkit.quant import pack_bits, unpack_bits
 from labkit.utils import check_choice, check_int
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
     "bits_per_weight",
     "compression_limit",
     "weight_bytes",
-    "draw_bit_limits",
     "hessian",
     "rtn",
     "gptq",
@@ -63,8 +63,6 @@ __all__ = [
     "ternarize",
     "binarize",
     "absmean_ternary",
-    "pack_codes",
-    "unpack_codes",
     "pack_ternary",
     "unpack_ternary",
 ]
@@ -183,10 +181,10 @@ class PackedLinear(nn.Module):
         out_f, in_f = gq.codes.shape
         layer = cls(in_f, out_f, kind="uniform", bits=gq.bits, group_size=gq.group_size,
                     symmetric=gq.symmetric, bias=bias is not None)  # fmt: skip
-        layer.packed.copy_(pack_codes(gq.codes, gq.bits))
+        layer.packed.copy_(pack_bits(gq.codes, gq.bits))
         layer.scale.copy_(gq.scale.half())
         if not gq.symmetric:
-            layer.zero_point.copy_(pack_codes(gq.zero_point, gq.bits))
+            layer.zero_point.copy_(pack_bits(gq.zero_point, gq.bits))
         if bias is not None:
             layer.bias.data.copy_(bias.detach())
         return layer
@@ -204,7 +202,7 @@ class PackedLinear(nn.Module):
         if layer.levels == 3:
             layer.packed.copy_(pack_ternary(codes))
         else:
-            layer.packed.copy_(pack_codes(codes, layer.bits))
+            layer.packed.copy_(pack_bits(codes, layer.bits))
         layer.codebook.copy_(codebook.half())
         if bias is not None:
             layer.bias.data.copy_(bias.detach())
@@ -215,7 +213,7 @@ class PackedLinear(nn.Module):
         n, shape = self.in_features * self.out_features, (self.out_features, self.in_features)
         if self.kind == "codebook" and self.levels == 3:
             return unpack_ternary(self.packed, n).view(shape)
-        return unpack_codes(self.packed, self.bits, n).view(shape)
+        return unpack_bits(self.packed, self.bits, n).view(shape)
 
     def dequantize(self) -> Tensor:
         """The float32 weight (out, in) this layer computes with."""
@@ -225,7 +223,7 @@ class PackedLinear(nn.Module):
         if self.symmetric:
             zp = torch.full(self.scale.shape, 2 ** (self.bits - 1), dtype=torch.int64)
         else:
-            zp = unpack_codes(self.zero_point, self.bits, self.scale.numel()).view(self.scale.shape)
+            zp = unpack_bits(self.zero_point, self.bits, self.scale.numel()).view(self.scale.shape)
         return _dequantize_groups(codes, self.scale.float(), zp, self.group_size)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -396,21 +394,6 @@ def compression_limit(bits: int, group_size: int | None, symmetric: bool = False
     Example: ``compression_limit(2, 128)  # 14.95 (16x without scales)``
     """
     return 32 / bits_per_weight(bits, group_size, symmetric, **kw)
-
-
-def draw_bit_limits(
-    ax: Any, num_weights: int, other_bytes: int = 0, bits=(16, 8, 4, 2, 1.58, 1)
-) -> None:
-    """Vertical lines at the size ``other_bytes + num_weights * b / 8`` for each ``b`` in ``bits``:
-    the model if each quantized weight took exactly ``b`` bits and nothing else changed.
-
-    Example: ``draw_bit_limits(ax, 786432, other_bytes=fp32_bytes - 4 * 786432)``
-    """
-    for b in bits:
-        x = other_bytes + num_weights * b / 8
-        ax.axvline(x, color="0.55", lw=0.8, ls=":", zorder=0)
-        ax.annotate(f"{b:g} b/w", (x, 1.0), xycoords=("data", "axes fraction"), rotation=90,
-                    fontsize=7, color="0.4", va="top", ha="right")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- GPTQ and RTN
@@ -630,44 +613,6 @@ def _half_ceil(x: Tensor) -> Tensor:
 
 def _nbytes(n: int, bits: int) -> int:
     return math.ceil(n * bits / 8)
-
-
-def pack_codes(codes: Tensor, bits: int) -> Tensor:
-    """Pack unsigned codes (< 2^bits) ``bits`` each into bytes, little-endian bit order.
-
-    Two 4-bit codes per byte (low nibble first), four 2-bit codes, eight 1-bit codes; 3-bit codes
-    run across byte boundaries (8 codes in 3 bytes). ``n`` codes take ``ceil(n * bits / 8)``
-    bytes, byte for byte as :func:`labkit.quant.pack_bits`, but vectorised per chunk of
-    ``lcm(bits, 8)`` bits. Example: ``pack_codes(torch.tensor([1, 2]), 4)  # tensor([33])``
-    """
-    bits = check_int("bits", bits, minimum=1, maximum=8)
-    codes = codes.flatten().to(torch.int64)  # (n,)
-    n = codes.numel()
-    if n and (int(codes.min()) < 0 or int(codes.max()) >= 2**bits):
-        raise ValueError(f"codes must be integers in [0, {2**bits - 1}]; got values outside")
-    per = math.lcm(bits, 8) // bits  # codes per chunk
-    nbytes = math.lcm(bits, 8) // 8  # bytes per chunk
-    chunks = F.pad(codes, (0, -n % per)).view(-1, per)  # (C, per)
-    value = (chunks << (bits * torch.arange(per))).sum(dim=1)  # (C,) <= 56 bits, no overlap
-    out = (value[:, None] >> (8 * torch.arange(nbytes))) & 255  # (C, nbytes)
-    return out.flatten()[: _nbytes(n, bits)].to(torch.uint8)
-
-
-def unpack_codes(packed: Tensor, bits: int, numel: int) -> Tensor:
-    """The first ``numel`` codes stored by :func:`pack_codes`, int64 (numel,).
-
-    Example: ``unpack_codes(torch.tensor([33], dtype=torch.uint8), 4, 2)  # tensor([1, 2])``
-    """
-    bits = check_int("bits", bits, minimum=1, maximum=8)
-    numel = check_int("numel", numel, minimum=0)
-    per, nbytes = math.lcm(bits, 8) // bits, math.lcm(bits, 8) // 8
-    if packed.numel() < _nbytes(numel, bits):
-        raise ValueError(f"packed must hold {_nbytes(numel, bits)} bytes; got {packed.numel()}")
-    raw = packed.flatten().to(torch.int64)
-    raw = F.pad(raw, (0, -raw.numel() % nbytes)).view(-1, nbytes)  # (C, nbytes)
-    value = (raw << (8 * torch.arange(nbytes))).sum(dim=1)  # (C,)
-    codes = (value[:, None] >> (bits * torch.arange(per))) & (2**bits - 1)  # (C, per)
-    return codes.flatten()[:numel]
 
 
 def pack_ternary(codes: Tensor) -> Tensor:

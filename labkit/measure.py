@@ -39,7 +39,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from labkit.utils import check_choice, check_int, num_threads
+from labkit.data import as_xy
+from labkit.utils import check_choice, check_int, check_number, num_threads
 
 __all__ = [
     "count_params",
@@ -655,22 +656,11 @@ def energy_estimate_j(latency_ms: float, watts: float = 15.0) -> float:
 
     Example: ``energy_estimate_j(2.0)  # 0.03 J``
     """
-    for name, v in (("latency_ms", latency_ms), ("watts", watts)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
-            raise ValueError(f"{name} must be a finite number >= 0; got {v!r}")
-    return latency_ms / 1000.0 * watts
+    latency_ms = check_number("latency_ms", latency_ms, minimum=0)
+    return latency_ms / 1000.0 * check_number("watts", watts, minimum=0)
 
 
 # --------------------------------------------------------------------------- one-stop summary
-
-
-def _split_xy(data: Any, split: str) -> tuple[Tensor, Tensor]:
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(t) for t in data):
-        return data[0], data[1]
-    if not isinstance(data, Tensor) and callable(getattr(data, "split", None)):  # Tensor.split!
-        check_choice("split", split, ("train", "val", "test"))
-        return data.split(split)
-    raise ValueError(f"data must be an ArrayData or a tuple (X, y); got {type(data).__name__}")
 
 
 def _accuracy(model: nn.Module, X: Tensor, y: Tensor, batch_size: int = 256) -> float:
@@ -715,7 +705,7 @@ def summary(
     Example: ``summary(model, labkit.data.load("digits"), threads=2)``
     """
     check_int("latency_batch_size", latency_batch_size, minimum=1)
-    X, y = _split_xy(data, split)
+    X, y = as_xy(data, split)
     if len(X) == 0:
         raise ValueError(f"split must hold at least one sample; {split!r} is empty")
     device = _device(model)

@@ -25,7 +25,7 @@ from labkit import sweep
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-__all__ = ["accuracy_vs_size", "line", "format_bytes", "axis_label"]
+__all__ = ["accuracy_vs_size", "line", "format_bytes", "axis_label", "draw_bit_limits"]
 
 _DECIMAL = ("B", "KB", "MB", "GB", "TB", "PB")
 _BINARY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -242,3 +242,18 @@ def _decorate(ax: Axes, records: Sequence[Mapping[str, Any]], x: str, y: str, lo
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
     ax.grid(True, which="major", alpha=0.3)
+
+
+def draw_bit_limits(
+    ax: Any, num_weights: int, other_bytes: int = 0, bits=(16, 8, 4, 2, 1.58, 1)
+) -> None:
+    """Vertical lines at the size ``other_bytes + num_weights * b / 8`` for each ``b`` in ``bits``:
+    the model if each quantized weight took exactly ``b`` bits and nothing else changed.
+
+    Example: ``draw_bit_limits(ax, 786432, other_bytes=fp32_bytes - 4 * 786432)``
+    """
+    for b in bits:
+        x = other_bytes + num_weights * b / 8
+        ax.axvline(x, color="0.55", lw=0.8, ls=":", zorder=0)
+        ax.annotate(f"{b:g} b/w", (x, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                    fontsize=7, color="0.4", va="top", ha="right")  # fmt: skip

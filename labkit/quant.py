@@ -29,8 +29,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +68,7 @@ __all__ = [
     "dequantize_affine",
     "fake_quantize_affine",
     "pack_bits",
+    "hold_zeros",
     "unpack_bits",
 ]
 
@@ -626,36 +629,43 @@ def fake_quantize_affine(
 
 
 def pack_bits(codes: Tensor, bits: int) -> Tensor:
-    """Pack unsigned codes (values < 2^bits) into bytes, ``bits`` per code, little-endian bits.
+    """Pack unsigned integer codes (values < 2^bits) into bytes, ``bits`` per code.
 
-    ``n`` codes take ``ceil(n * bits / 8)`` bytes (uint8). Inverse: :func:`unpack_bits`.
-    Example: ``pack_bits(torch.tensor([1, 2, 3, 0], dtype=torch.uint8), 2)  # tensor([57])``
+    One little-endian bit stream, the first code in the lowest bits: two 4-bit codes per byte (low
+    nibble first), four 2-bit codes, eight 1-bit codes; 3-bit codes run across byte boundaries (8
+    codes in 3 bytes). ``n`` codes take ``ceil(n * bits / 8)`` bytes (uint8), the end padded with
+    zero bits. Vectorised per chunk of ``lcm(bits, 8)`` bits. Inverse: :func:`unpack_bits`.
+    Example: ``pack_bits(torch.tensor([1, 2, 3, 0]), 2)  # tensor([57], dtype=torch.uint8)``
     """
     bits = check_int("bits", bits, minimum=1, maximum=8)
     codes = codes.flatten().to(torch.int64)  # (n,)
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 2**bits):
+    n = codes.numel()
+    if n and (int(codes.min()) < 0 or int(codes.max()) >= 2**bits):
         raise ValueError(f"codes must be integers in [0, {2**bits - 1}]; got values outside")
-    if bits == 8:
-        return codes.to(torch.uint8)
-    shifts = torch.arange(bits)  # (bits,)
-    stream = ((codes[:, None] >> shifts) & 1).flatten()  # (n * bits,) bits, lowest first
-    stream = F.pad(stream, (0, -stream.numel() % 8))  # (8 * n_bytes,)
-    weights = 2 ** torch.arange(8)  # (8,)
-    return (stream.view(-1, 8) * weights).sum(dim=1).to(torch.uint8)  # (n_bytes,)
+    per = math.lcm(bits, 8) // bits  # codes per chunk
+    nbytes = math.lcm(bits, 8) // 8  # bytes per chunk
+    chunks = F.pad(codes, (0, -n % per)).view(-1, per)  # (C, per)
+    value = (chunks << (bits * torch.arange(per))).sum(dim=1)  # (C,) <= 56 bits, no overlap
+    out = (value[:, None] >> (8 * torch.arange(nbytes))) & 255  # (C, nbytes)
+    return out.flatten()[: math.ceil(n * bits / 8)].to(torch.uint8)
 
 
 def unpack_bits(packed: Tensor, bits: int, numel: int) -> Tensor:
-    """The first ``numel`` codes stored by :func:`pack_bits` (uint8, shape ``(numel,)``).
+    """The first ``numel`` codes stored by :func:`pack_bits`, int64, shape ``(numel,)``.
 
     Example: ``unpack_bits(torch.tensor([57], dtype=torch.uint8), 2, 4)  # tensor([1, 2, 3, 0])``
     """
     bits = check_int("bits", bits, minimum=1, maximum=8)
-    packed = packed.flatten().to(torch.int64)  # (n_bytes,)
-    if bits == 8:
-        return packed[:numel].to(torch.uint8)
-    stream = ((packed[:, None] >> torch.arange(8)) & 1).flatten()  # (8 * n_bytes,)
-    stream = stream[: numel * bits].view(numel, bits)  # (numel, bits)
-    return (stream * 2 ** torch.arange(bits)).sum(dim=1).to(torch.uint8)  # (numel,)
+    numel = check_int("numel", numel, minimum=0)
+    per, nbytes = math.lcm(bits, 8) // bits, math.lcm(bits, 8) // 8
+    needed = math.ceil(numel * bits / 8)
+    if packed.numel() < needed:
+        raise ValueError(f"packed must hold {needed} bytes; got {packed.numel()}")
+    raw = packed.flatten().to(torch.int64)
+    raw = F.pad(raw, (0, -raw.numel() % nbytes)).view(-1, nbytes)  # (C, nbytes)
+    value = (raw << (8 * torch.arange(nbytes))).sum(dim=1)  # (C,)
+    codes = (value[:, None] >> (bits * torch.arange(per))) & (2**bits - 1)  # (C, per)
+    return codes.flatten()[:numel]
 
 
 def _broadcast(t: Tensor | float, x: Tensor, axis: int | None) -> Tensor:
@@ -676,3 +686,20 @@ def _broadcast(t: Tensor | float, x: Tensor, axis: int | None) -> Tensor:
     shape = [1] * x.dim()
     shape[axis] = -1
     return t.view(shape)  # broadcasts along every other dimension
+
+
+@contextlib.contextmanager
+def hold_zeros(model: nn.Module) -> Iterator[None]:
+    """Inside the block, the exactly-zero weights of ``model``'s quantized layers get zero gradient
+    (so, with Adam and no weight decay, they stay zero): quantization-aware training of a pruned
+    model keeps its pruned weights out. Example: ``with hold_zeros(qmodel): train.fit(qmodel, ...)``
+    """
+    handles = []
+    for m in quantized_layers(model).values():
+        keep = (m.layer.weight != 0).float()  # same shape as the weight
+        handles.append(m.layer.weight.register_hook(lambda g, keep=keep: g * keep))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,13 +27,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from labkit import utils
-from labkit.utils import check_choice, check_int
+from labkit.data import as_xy, is_split_data
+from labkit.utils import check_choice, check_int, check_number
 
-__all__ = ["History", "fit", "evaluate", "predict_logits", "fit_lm", "evaluate_lm"]
+__all__ = [
+    "History",
+    "fit",
+    "evaluate",
+    "predict_logits",
+    "fit_lm",
+    "next_char_loss",
+    "evaluate_lm",
+]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
-SPLITS = ("train", "val", "test")
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -58,32 +65,12 @@ class History:
 # --------------------------------------------------------------------------- argument helpers
 
 
-def _number(name: str, value: Any, *, positive: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > 0 if positive else value >= 0)
-    if not ok:
-        raise ValueError(f"{name} must be a number {'> 0' if positive else '>= 0'}; got {value!r}")
-    return float(value)
-
-
-def _is_array_data(data: Any) -> bool:
-    return hasattr(data, "X_train") and hasattr(data, "split")
-
-
 def _source(name: str, data: Any, split: str) -> tuple[Tensor, Tensor] | DataLoader:
     """(X, y) tensors or a DataLoader from ArrayData (its ``split``), a tuple, or a DataLoader."""
     if isinstance(data, DataLoader):
         return data
-    if _is_array_data(data):
-        return data.split(check_choice("split", split, SPLITS))
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        X, y = data
-        if isinstance(X, Tensor) and isinstance(y, Tensor) and len(X) == len(y) and len(X) > 0:
-            return X, y
-        raise ValueError(
-            f"{name} must be an (X, y) pair of tensors of equal, non-zero length; got "
-            f"lengths {len(X)} and {len(y)}"
-        )
+    if isinstance(data, (tuple, list)) or is_split_data(data):
+        return as_xy(data, split, name)
     raise ValueError(
         f"{name} must be ArrayData, an (X, y) tuple of tensors or a DataLoader; got "
         f"{type(data).__name__}" + (" (use fit_lm)" if hasattr(data, "vocab") else "")
@@ -144,25 +131,6 @@ def _progress(iterable: Iterable, enabled: bool | None, **kwargs: Any) -> Iterat
     return iter(iterable) if enabled is False else utils.progress(iterable, **kwargs)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _on(model: nn.Module, device: torch.device, training: bool) -> Iterator[None]:
-    """Run the block with ``model`` on ``device`` in train/eval mode; restore both afterwards."""
-    home, was_training = _model_device(model), model.training
-    model.to(device).train(training)
-    try:
-        yield
-    finally:
-        model.to(home).train(was_training)
-
-
 # --------------------------------------------------------------------------- classification
 
 
@@ -195,15 +163,15 @@ def fit(
     Example: ``history = fit(model, load("digits"), num_epochs=5, lr=3e-3)``
     """
     check_int("num_epochs", num_epochs, minimum=1)
-    lr = _number("lr", lr, positive=True)
+    lr = check_number("lr", lr, minimum=0, min_open=True)
     check_int("batch_size", batch_size, minimum=1)
-    weight_decay = _number("weight_decay", weight_decay, positive=False)
+    weight_decay = check_number("weight_decay", weight_decay, minimum=0)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_choice("schedule", schedule, SCHEDULES)
     check_int("warmup_steps", warmup_steps, minimum=0)
     check_int("seed", seed, minimum=0)
     train_source = _source("data", data, "train")
-    if val is None and _is_array_data(data):
+    if val is None and is_split_data(data):
         val = data
     val_source = None if val is None or val is False else _source("val", val, "val")
     loss_fn = loss_fn or F.cross_entropy
@@ -212,7 +180,7 @@ def fit(
     history = History()
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    with utils.seeded(seed, dev), _on(model, dev, training=True):
+    with utils.seeded(seed, dev), utils.on_device(model, dev, training=True):
         opt = _optimizer(model, optimizer, lr, weight_decay)
         steps = num_epochs * _num_batches(train_source, batch_size)
         sched = _scheduler(opt, schedule, steps, warmup_steps)
@@ -258,7 +226,7 @@ def evaluate(
     loss_fn = loss_fn or F.cross_entropy
     dev = utils.get_device(device)
     correct, total_loss, count = 0, 0.0, 0
-    with _on(model, dev, training=False):
+    with utils.on_device(model, dev, training=False):
         for X, y in _batches(source, batch_size):
             X, y = X.to(dev), y.to(dev)
             logits = model(X)  # (B, num_classes)
@@ -285,7 +253,7 @@ def predict_logits(
         raise ValueError(f"X must be a Tensor; got {type(X).__name__}")
     check_int("batch_size", batch_size, minimum=1)
     dev = utils.get_device(device)
-    with _on(model, dev, training=False):
+    with utils.on_device(model, dev, training=False):
         outs = [model(X[i : i + batch_size].to(dev)).cpu() for i in range(0, len(X), batch_size)]
     return torch.cat(outs)  # (N, num_classes)
 
@@ -309,6 +277,14 @@ def _check_text(text: Any) -> None:
         )
 
 
+def next_char_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Mean cross-entropy of ``model(x)`` (B, T, V) against the next characters ``y`` (B, T), in
+    nats per character: ``fit_lm``'s default loss. Example: ``next_char_loss(gpt, x, y).item()``
+    """
+    logits = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
 def fit_lm(
     model: nn.Module,
     text: Any,
@@ -327,6 +303,7 @@ def fit_lm(
     eval_batches: int = 4,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
 ) -> History:
     """Train a next-character model ``(B, T) ids -> (B, T, V) logits`` on ``text`` for ``steps``.
 
@@ -334,20 +311,22 @@ def fit_lm(
     steps (default: 10 times per run, and at the end) History gets the mean train loss since the
     last entry and ``evaluate_lm`` on the first ``eval_batches`` batches of the val split (loss in
     nats/char). ``grad_clip``: max gradient norm (None: off). ``warmup_steps``: linear learning-rate
-    warm-up before the schedule (0: none).
+    warm-up before the schedule (0: none). ``loss_fn(model, x, y)``: one batch's training loss
+    (default: next-character cross-entropy; ``distill.distill_lm`` passes its distillation loss);
+    validation always reports cross-entropy.
     Example: ``history = fit_lm(models.build("gpt", vocab_size=text.vocab_size), text, steps=500)``
     """
     _check_text(text)
     steps = check_int("steps", steps, minimum=1)
     check_int("batch_size", batch_size, minimum=1)
     block_size = _block_size(model, block_size)
-    lr = _number("lr", lr, positive=True)
-    weight_decay = _number("weight_decay", weight_decay, positive=False)
+    lr = check_number("lr", lr, minimum=0, min_open=True)
+    weight_decay = check_number("weight_decay", weight_decay, minimum=0)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_choice("schedule", schedule, SCHEDULES)
     check_int("warmup_steps", warmup_steps, minimum=0)
     if grad_clip is not None:
-        grad_clip = _number("grad_clip", grad_clip, positive=True)
+        grad_clip = check_number("grad_clip", grad_clip, minimum=0, min_open=True)
     check_int("seed", seed, minimum=0)
     eval_every = max(1, steps // 10) if eval_every is None else eval_every
     check_int("eval_every", eval_every, minimum=1)
@@ -357,15 +336,14 @@ def fit_lm(
     history = History()
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    with utils.seeded(seed, dev), _on(model, dev, training=True):
+    with utils.seeded(seed, dev), utils.on_device(model, dev, training=True):
         opt = _optimizer(model, optimizer, lr, weight_decay)
         sched = _scheduler(opt, schedule, steps, warmup_steps)
         total, count = 0.0, 0
         for step in _progress(range(1, steps + 1), progress, desc="fit_lm", unit="step"):
             x, y = text.get_batch("train", batch_size, block_size, generator=generator)  # (B, T)
             x, y = x.to(dev), y.to(dev)
-            logits = model(x)  # (B, T, V)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())  # nats per char
+            loss = (loss_fn or next_char_loss)(model, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
@@ -428,7 +406,7 @@ def evaluate_lm(
     Y = ids[1 : n + 1].view(windows, block_size)  # (W, T)
     dev = utils.get_device(device)
     total = 0.0
-    with _on(model, dev, training=False):
+    with utils.on_device(model, dev, training=False):
         for i in range(0, windows, batch_size):
             x, y = X[i : i + batch_size].to(dev), Y[i : i + batch_size].to(dev)  # (B, T)
             logits = model(x)  # (B, T, V)

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import sys
@@ -32,6 +33,7 @@ __all__ = [
     "seed",
     "seeded",
     "num_threads",
+    "on_device",
     "get_device",
     "data_dir",
     "cache_dir",
@@ -44,6 +46,7 @@ __all__ = [
     "stable_hash",
     "check_choice",
     "check_int",
+    "check_number",
     "check_fraction",
     "is_ci",
     "progress_enabled",
@@ -95,6 +98,20 @@ def num_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def on_device(model: torch.nn.Module, device: torch.device, training: bool) -> Iterator[None]:
+    """Run the block with ``model`` on ``device`` in train (``training=True``) or eval mode; its
+    device and mode come back afterwards. Example: ``with on_device(teacher, dev, False): ...``
+    """
+    home = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+    was_training = model.training
+    model.to(device).train(training)
+    try:
+        yield
+    finally:
+        model.to(home).train(was_training)
 
 
 def get_device(device: str | torch.device | None = None) -> torch.device:
@@ -261,15 +278,42 @@ def check_int(
     return int(value)
 
 
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+) -> float:
+    """Return ``value`` as a float if it is a finite real number within the bounds (``min_open`` /
+    ``max_open``: the bound itself excluded), else a one-line ValueError naming ``name`` and the
+    allowed range. Example: ``check_number("lr", 0.01, minimum=0, min_open=True)  # 0.01``
+    """
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = real and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if min_open else value >= minimum
+    if ok and maximum is not None:
+        ok = value < maximum if max_open else value <= maximum
+    if not ok:
+        if minimum is not None and maximum is not None:
+            low, high = "(" if min_open else "[", ")" if max_open else "]"
+            allowed = f" in {low}{minimum:g}, {maximum:g}{high}"
+        elif minimum is not None:
+            allowed = f" {'>' if min_open else '>='} {minimum:g}"
+        elif maximum is not None:
+            allowed = f" {'<' if max_open else '<='} {maximum:g}"
+        else:
+            allowed = " (finite)"
+        raise ValueError(f"{name} must be a number{allowed}; got {value!r}")
+    return float(value)
+
+
 def check_fraction(name: str, value: Any, *, inclusive_high: bool = False) -> float:
     """Return ``value`` if it is a float in [0, 1) (or [0, 1]), else a one-line ValueError."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = 0.0 <= value <= 1.0 if inclusive_high else 0.0 <= value < 1.0
-    if not ok:
-        high = "1]" if inclusive_high else "1)"
-        raise ValueError(f"{name} must be a number in [0, {high}; got {value!r}")
-    return float(value)
+    return check_number(name, value, minimum=0, maximum=1, max_open=not inclusive_high)
 
 
 def _range(minimum: int | None, maximum: int | None) -> str:

@@ -468,3 +468,18 @@ def test_bad_inputs_raise_one_line_value_error(call, message):
     with pytest.raises(ValueError, match=message) as err:
         call()
     assert "\n" not in str(err.value)
+
+
+def test_as_xy_takes_arraydata_splits_and_pairs_and_names_bad_input():
+    ds = data.load("digits")
+    X, y = data.as_xy(ds, "val")
+    assert torch.equal(X, ds.X_val) and torch.equal(y, ds.y_val)
+    pair = (torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+    assert data.as_xy(pair) == pair
+    with pytest.raises(ValueError, match=r"^split must be one of"):
+        data.as_xy(ds, "dev")
+    with pytest.raises(ValueError, match=r"^val must be an \(X, y\) pair .*; got \[3, 2\]$"):
+        data.as_xy((torch.zeros(3, 2), torch.zeros(2)), name="val")
+    with pytest.raises(ValueError, match=r"^data must be ArrayData or an \(X, y\) tuple"):
+        data.as_xy(torch.zeros(3, 2))  # Tensor.split is not a dataset's split
+    assert data.is_split_data(ds) and not data.is_split_data("a,b") and not data.is_split_data(pair)

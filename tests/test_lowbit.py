@@ -20,40 +20,6 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-# --------------------------------------------------------------------------- packing
-
-
-@pytest.mark.parametrize("bits", range(1, 9))
-@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1001])
-def test_pack_codes_matches_quant_pack_bits_and_round_trips(bits, n):
-    codes = torch.randint(0, 2**bits, (n,), generator=_gen(bits * 1000 + n))
-    packed = lowbit.pack_codes(codes, bits)
-    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(n * bits / 8)
-    assert torch.equal(packed, quant.pack_bits(codes.to(torch.uint8), bits))  # reference
-    assert torch.equal(lowbit.unpack_codes(packed, bits, n), codes)
-
-
-def test_pack_codes_layouts():
-    # two 4-bit codes per byte, low nibble first
-    assert lowbit.pack_codes(torch.tensor([0x1, 0x2, 0xF, 0x0]), 4).tolist() == [0x21, 0x0F]
-    # four 2-bit codes per byte
-    assert lowbit.pack_codes(torch.tensor([1, 2, 3, 0]), 2).tolist() == [0b00111001]
-    # 3-bit codes run across bytes: 8 codes fill exactly 3 bytes
-    assert lowbit.pack_codes(torch.arange(8), 3).numel() == 3
-    stream = "".join(format(c, "03b")[::-1] for c in range(8))  # little-endian bit stream
-    expected = [int(stream[i : i + 8][::-1], 2) for i in range(0, 24, 8)]
-    assert lowbit.pack_codes(torch.arange(8), 3).tolist() == expected
-
-
-def test_pack_codes_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"^codes must be integers in \[0, 3\]"):
-        lowbit.pack_codes(torch.tensor([4]), 2)
-    with pytest.raises(ValueError, match=r"^bits must be an integer in \[1, 8\]; got 9$"):
-        lowbit.pack_codes(torch.tensor([1]), 9)
-    with pytest.raises(ValueError, match=r"^packed must hold 2 bytes; got 1$"):
-        lowbit.unpack_codes(torch.zeros(1, dtype=torch.uint8), 4, 3)
-
-
 @pytest.mark.parametrize("n", [0, 1, 5, 6, 999])
 def test_pack_ternary_five_per_byte(n):
     codes = torch.randint(0, 3, (n,), generator=_gen(n))

@@ -150,3 +150,14 @@ def test_log_bytes_axis_labels_ticks_on_a_narrow_range():
     labels = [t.get_text() for t in ax.xaxis.get_ticklabels(minor=True) if t.get_text()]
     labels += [t.get_text() for t in ax.xaxis.get_ticklabels() if t.get_text()]
     assert labels and all(text.endswith("KB") for text in labels)
+
+
+def test_draw_bit_limits_marks_the_size_at_each_bit_width():
+    fig, ax = plt.subplots()
+    try:
+        plots.draw_bit_limits(ax, 800, other_bytes=100, bits=(8, 4, 1.58))
+        xs = [line.get_xdata()[0] for line in ax.lines]
+        assert xs == [100 + 800, 100 + 400, 100 + 800 * 1.58 / 8]  # other + weights * bits / 8
+        assert [t.get_text() for t in ax.texts] == ["8 b/w", "4 b/w", "1.58 b/w"]
+    finally:
+        plt.close(fig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -156,15 +157,47 @@ def test_bad_inputs_raise_one_line_errors():
         quant.qrange(8, "yes")
 
 
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
-def test_pack_bits_round_trip_and_size(bits):
-    n = 1001
-    codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(bits))
-    packed = quant.pack_bits(codes.to(torch.uint8), bits)
+def _numpy_pack(codes: torch.Tensor, bits: int) -> list[int]:
+    """Independent reference: each code's ``bits`` lowest bits, lowest first, in one stream
+    (``np.unpackbits``), packed eight to a byte by ``np.packbits`` (little-endian, zero-padded)."""
+    as_bytes = codes.numpy().astype("<u2").view(np.uint8).reshape(-1, 2)  # (n, 2) little-endian
+    stream = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :bits]  # (n, bits)
+    return np.packbits(stream.reshape(-1), bitorder="little").tolist()
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1001])
+def test_pack_bits_matches_numpy_packbits_and_round_trips(bits, n):
+    codes = torch.randint(0, 2**bits, (n,), generator=torch.Generator().manual_seed(bits * 99 + n))
+    packed = quant.pack_bits(codes, bits)
     assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(n * bits / 8)
-    assert torch.equal(quant.unpack_bits(packed, bits, n), codes.to(torch.uint8))
-    with pytest.raises(ValueError, match="codes must be integers in"):
-        quant.pack_bits(torch.tensor([2**bits]), bits)
+    assert packed.tolist() == _numpy_pack(codes, bits)
+    assert torch.equal(quant.pack_bits(codes.to(torch.uint8), bits), packed)  # any integer dtype
+    back = quant.unpack_bits(packed, bits, n)
+    assert back.dtype == torch.int64 and torch.equal(back, codes)
+
+
+def test_pack_bits_layouts():
+    # two 4-bit codes per byte, low nibble first
+    assert quant.pack_bits(torch.tensor([0x1, 0x2, 0xF, 0x0]), 4).tolist() == [0x21, 0x0F]
+    # four 2-bit codes per byte
+    assert quant.pack_bits(torch.tensor([1, 2, 3, 0]), 2).tolist() == [0b00111001]
+    # 3-bit codes run across bytes: 8 codes fill exactly 3 bytes
+    assert quant.pack_bits(torch.arange(8), 3).numel() == 3
+    stream = "".join(format(c, "03b")[::-1] for c in range(8))  # little-endian bit stream
+    expected = [int(stream[i : i + 8][::-1], 2) for i in range(0, 24, 8)]
+    assert quant.pack_bits(torch.arange(8), 3).tolist() == expected
+
+
+def test_pack_bits_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"^codes must be integers in \[0, 3\]"):
+        quant.pack_bits(torch.tensor([4]), 2)
+    with pytest.raises(ValueError, match=r"^codes must be integers in \[0, 3\]"):
+        quant.pack_bits(torch.tensor([-1]), 2)
+    with pytest.raises(ValueError, match=r"^bits must be an integer in \[1, 8\]; got 9$"):
+        quant.pack_bits(torch.tensor([1]), 9)
+    with pytest.raises(ValueError, match=r"^packed must hold 2 bytes; got 1$"):
+        quant.unpack_bits(torch.zeros(1, dtype=torch.uint8), 4, 3)
 
 
 # --------------------------------------------------------------------------- straight-through
@@ -371,3 +404,24 @@ def test_qat_recovers_accuracy_lost_by_ptq(one_thread):
     acc_ptq, acc_qat = train.evaluate(ptq, d)["acc"], train.evaluate(tuned, d)["acc"]
     assert acc_ptq < acc_fp32 - 0.05, (acc_fp32, acc_ptq)
     assert acc_qat > acc_ptq + 0.05, (acc_ptq, acc_qat)
+
+
+def test_hold_zeros_keeps_zero_weights_out_of_the_gradient_only_inside_the_block():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4))
+    with torch.no_grad():
+        model[0].weight[:, :3] = 0.0  # a pruned half
+    X = torch.randn(16, 6)
+    qmodel = quant.quantize(model, QuantConfig(bits=4, act_bits=None), X)
+    (layer,) = quant.quantized_layers(qmodel).values()
+    zero = layer.layer.weight == 0
+
+    def grad():
+        qmodel.zero_grad()
+        qmodel(X).square().sum().backward()
+        return layer.layer.weight.grad
+
+    with quant.hold_zeros(qmodel):
+        inside = grad()
+        assert torch.all(inside[zero] == 0) and torch.any(inside[~zero] != 0)
+    assert torch.any(grad()[zero] != 0)  # the hooks are gone after the block

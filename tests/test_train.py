@@ -234,6 +234,27 @@ def test_fit_lm_is_deterministic_and_checks_arguments():
         train.evaluate_lm(nn.Embedding(3, 3), text)
 
 
+def test_fit_lm_trains_on_the_loss_it_is_given():
+    text = tiny_text(10)
+    a, b, c = (tiny_gpt(text.vocab_size) for _ in range(3))
+    kw = dict(steps=4, batch_size=4, block_size=8, seed=1, progress=False)
+    train.fit_lm(a, text, **kw)
+    train.fit_lm(b, text, loss_fn=train.next_char_loss, **kw)  # the default, passed explicitly
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+    start = [p.detach().clone() for p in c.parameters()]
+    seen = []
+
+    def zero_loss(model, x, y):
+        seen.append((tuple(x.shape), tuple(y.shape)))
+        return 0.0 * F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
+    history = train.fit_lm(c, text, loss_fn=zero_loss, **kw)  # zero gradients: AdamW moves nothing
+    assert seen == [((4, 8), (4, 8))] * 4
+    assert all(torch.equal(p, q) for p, q in zip(c.parameters(), start))
+    assert history.train_loss == [0.0] * len(history.steps)
+    assert history.val_loss[0] > 0  # validation still reports cross-entropy
+
+
 def test_warmup_ramps_linearly_then_follows_the_schedule():
     def lrs(schedule, warmup, steps=20):
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)

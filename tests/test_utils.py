@@ -56,6 +56,18 @@ def test_num_threads_sets_and_restores_even_on_error():
             pass
 
 
+def test_on_device_sets_the_mode_and_restores_it_even_on_error():
+    model = torch.nn.Linear(2, 2).train()
+    with utils.on_device(model, torch.device("cpu"), training=False):
+        assert not model.training
+    assert model.training
+    with pytest.raises(RuntimeError, match="boom"):
+        with utils.on_device(model.eval(), torch.device("cpu"), training=True):
+            assert model.training
+            raise RuntimeError("boom")
+    assert not model.training
+
+
 def test_get_device_never_requires_cuda():
     dev = utils.get_device()
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,12 +125,37 @@ def test_stable_hash_is_order_independent_and_sensitive():
         (lambda: utils.check_fraction("amount", 1.0), r"amount must be a number in \[0, 1\)"),
         (lambda: utils.check_fraction("amount", -0.1), "amount must be"),
         (lambda: utils.seed(-1), "seed must be an integer >= 0"),
+        (
+            lambda: utils.check_number("lr", 0, minimum=0, min_open=True),
+            r"^lr must be a number > 0",
+        ),
+        (
+            lambda: utils.check_number("wd", -1e-9, minimum=0),
+            r"^wd must be a number >= 0; got -1e-09$",
+        ),
+        (lambda: utils.check_number("lr", True, minimum=0), "lr must be a number"),
+        (lambda: utils.check_number("lr", "0.1"), r"^lr must be a number \(finite\); got '0.1'$"),
+        (lambda: utils.check_number("x", float("nan")), r"x must be a number \(finite\)"),
+        (lambda: utils.check_number("x", float("inf"), minimum=0), "x must be a number >= 0"),
+        (
+            lambda: utils.check_number("p", 50, minimum=50, maximum=100, min_open=True),
+            r"in \(50, 100\]",
+        ),
+        (lambda: utils.check_number("t", 2, maximum=1, max_open=True), r"^t must be a number < 1;"),
     ],
 )
 def test_checks_give_one_line_errors(call, match):
     with pytest.raises(ValueError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_check_number_accepts_the_bounds_it_allows():
+    assert utils.check_number("p", 100, minimum=50, maximum=100, min_open=True) == 100.0
+    assert utils.check_number("wd", 0, minimum=0) == 0.0
+    assert utils.check_number("x", np.float32(0.5), maximum=1, max_open=True) == 0.5
+    assert isinstance(utils.check_number("x", np.int64(3)), float)
+    assert utils.check_fraction("amount", 1.0, inclusive_high=True) == 1.0
 
 
 def test_checks_return_valid_values():
