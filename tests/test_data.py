@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from labkit import data
+from labkit.data import mnist1d, text
 
 SMALL = 100  # mnist1d signals in the cache tests (70 train / 10 val / 20 test): fast to generate
 
@@ -158,7 +159,7 @@ def test_mnist1d_reads_cache_and_is_deterministic(isolated, monkeypatch):
         raise AssertionError("regenerated although the cache file is valid")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "_generate_mnist1d", no_generation)
+        m.setattr(mnist1d, "_generate_mnist1d", no_generation)
         b = data.load("mnist1d", num_samples=SMALL)
     assert same_data(a, b)
     mnist1d_cache_files(isolated)[0].unlink()
@@ -244,7 +245,7 @@ def test_pydoc_alphabet_is_the_same_on_every_python(monkeypatch):
     from pydoc_data import topics as module
 
     monkeypatch.setattr(module, "topics", {"a": "x ∑ y\n", "b": "~`$"})
-    t = data._load_pydoc()
+    t = text._load_pydoc()
     assert t.vocab == data.PYDOC_VOCAB
     assert t.decode(torch.cat([t.train, t.val])) == "x ? y\n~`$"
 
