@@ -45,6 +45,7 @@ from labkit.utils import check_choice, check_fraction, check_int
 
 __all__ = [
     "TARGETS",
+    "check_temperature",
     "softened",
     "kd_loss",
     "gap_closed",
@@ -64,7 +65,8 @@ TARGETS = ("soft", "hard")
 """What the student learns from the teacher: its softened distribution, or its argmax label."""
 
 
-def _temperature(value: Any) -> float:
+def check_temperature(value: Any) -> float:
+    """``value`` as a float softmax temperature, or a one-line ValueError unless it is > 0."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value <= 0:
         raise ValueError(f"temperature must be a number > 0; got {value!r}")
@@ -85,7 +87,7 @@ def softened(logits: Tensor, temperature: float = 1.0) -> Tensor:
     model ranks the wrong classes (the "dark knowledge"); the argmax never changes.
     Example: ``softened(torch.tensor([2.0, 1.0, 0.0]), 4.0)  # tensor([0.41, 0.32, 0.25])``
     """
-    temperature = _temperature(temperature)
+    temperature = check_temperature(temperature)
     return F.softmax(logits / temperature, dim=-1)  # (..., C)
 
 
@@ -107,7 +109,7 @@ def kd_loss(
     (a class it rules out) contributes ``0 log 0 = 0``, as in ``F.kl_div``.
     Example: ``loss = kd_loss(student(X), teacher_logits, y, temperature=4.0, alpha=0.9)``
     """
-    temperature, alpha = _temperature(temperature), _alpha(alpha)
+    temperature, alpha = check_temperature(temperature), _alpha(alpha)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"teacher_logits must have the student's shape {tuple(student_logits.shape)}; "
@@ -207,7 +209,7 @@ def distill(
     Example: ``distill(student, models.pretrained("cnn1d", "mnist1d"), load("mnist1d"))``
     """
     check_choice("targets", targets, TARGETS)
-    temperature, alpha = _temperature(temperature), _alpha(alpha)
+    temperature, alpha = check_temperature(temperature), _alpha(alpha)
     X, y = as_xy(data, "train")
     if transfer is not None:
         if not isinstance(transfer, Tensor) or transfer.shape[1:] != X.shape[1:]:
@@ -556,7 +558,7 @@ def distill_lm(
     ``alpha=0`` with ``attention_weight=0`` is plain training.
     Example: ``distill_lm(init_from_teacher(gpt), gpt, load("pydoc"), steps=300)``
     """
-    temperature, alpha = _temperature(temperature), _alpha(alpha)
+    temperature, alpha = check_temperature(temperature), _alpha(alpha)
     if isinstance(attention_weight, bool) or not (
         isinstance(attention_weight, (int, float)) and attention_weight >= 0
     ):

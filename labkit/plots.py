@@ -25,7 +25,14 @@ from labkit import sweep
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-__all__ = ["accuracy_vs_size", "line", "format_bytes", "axis_label", "draw_bit_limits"]
+__all__ = [
+    "accuracy_vs_size",
+    "line",
+    "format_bytes",
+    "axis_label",
+    "draw_bit_limits",
+    "is_bytes_key",
+]
 
 _DECIMAL = ("B", "KB", "MB", "GB", "TB", "PB")
 _BINARY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -94,7 +101,7 @@ def accuracy_vs_size(
     """
     records = _prepare(records, x, y, hue)
     for rec in records:
-        sweep._number(rec[x], x)
+        sweep.record_number(rec[x], x)
     ax = _axes(ax)
     for label, members in _series(records, hue):
         members = sorted(members, key=lambda r: r[x])
@@ -144,7 +151,7 @@ def line(
     """
     records = _prepare(records, x, y, hue)
     if errorbars is not None:
-        sweep._check_keys(records, [errorbars])
+        sweep.check_keys(records, [errorbars])
     ax = _axes(ax)
     for label, members in _series(records, hue):
         if all(isinstance(r[x], Real) for r in members):
@@ -166,14 +173,14 @@ def line(
 
 
 def _prepare(records: Any, x: str, y: str, hue: str | None) -> list[Mapping[str, Any]]:
-    records = sweep._check_records(records)
+    records = sweep.check_records(records)
     if not records:
         raise ValueError("records must be a non-empty list of dicts; got an empty list")
-    sweep._check_keys(records, [x, y])
+    sweep.check_keys(records, [x, y])
     if hue is not None and not isinstance(hue, str):
         raise ValueError(f"hue must be None or a record key; got {hue!r}")
     for rec in records:
-        sweep._number(rec[y], y)
+        sweep.record_number(rec[y], y)
     return records
 
 
@@ -208,7 +215,8 @@ def _axes(ax: Axes | None) -> Axes:
     return ax
 
 
-def _is_bytes(key: str) -> bool:
+def is_bytes_key(key: str) -> bool:
+    """Whether a record key holds bytes (``"bytes"`` or ``"*_bytes"``): its axis prints KB/MB."""
     return key == "bytes" or key.endswith("_bytes")
 
 
@@ -230,11 +238,11 @@ def _decorate(ax: Axes, records: Sequence[Mapping[str, Any]], x: str, y: str, lo
         if bad:
             raise ValueError(f"logx=True needs positive numbers in {x!r}; got {bad[0]!r}")
         ax.set_xscale("log")
-    text = (lambda v: format_bytes(max(v, 0.0))) if _is_bytes(x) else (lambda v: f"{v:g}")
+    text = (lambda v: format_bytes(max(v, 0.0))) if is_bytes_key(x) else (lambda v: f"{v:g}")
     if logx:
         ax.xaxis.set_major_formatter(_PlainLogFormatter(text))
         ax.xaxis.set_minor_formatter(_PlainLogFormatter(text, labelOnlyBase=False))
-    elif _is_bytes(x):
+    elif is_bytes_key(x):
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: text(v)))
     ys = [r[y] for r in records]
     if y == "acc" and all(0.0 <= v <= 1.0 for v in ys if not math.isnan(v)):  # a fraction

@@ -35,6 +35,7 @@ from labkit.utils import check_choice, check_int
 
 __all__ = [
     "PRUNABLE",
+    "amount_to_count",
     "prunable",
     "magnitude",
     "magnitude_",
@@ -433,7 +434,7 @@ def _set_mask(m: nn.Module, mask: Tensor, merge: bool = True) -> None:
 # --------------------------------------------------------------------------- tensor primitives
 
 
-def _count(amount: Amount, n: int, name: str = "amount") -> int:
+def amount_to_count(amount: Amount, n: int, name: str = "amount") -> int:
     """torch's rule: an int is a count (<= n), a float in [0, 1) a fraction rounded half-to-even."""
     if isinstance(amount, bool) or not isinstance(amount, (int, float)):
         raise ValueError(
@@ -470,7 +471,7 @@ def global_masks(
             s = torch.where(m.reshape(-1) == 0, torch.full_like(s, -1.0), s)  # pruned go first
         scores.append(s)
     flat = torch.cat(scores)  # (sum n_i,)
-    k = _count(amount, flat.numel())
+    k = amount_to_count(amount, flat.numel())
     keep = torch.ones_like(flat)
     if k:
         keep[torch.topk(flat, k, largest=False).indices] = 0

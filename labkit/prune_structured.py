@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from labkit.prune import _count, copy_model, remove_
+from labkit.prune import amount_to_count, copy_model, remove_
 from labkit.utils import check_choice
 
 __all__ = [
@@ -222,7 +222,7 @@ def select_channels(
     keep = {}
     for g in groups:
         a = amount.get(g.producer, 0) if isinstance(amount, Mapping) else amount
-        k = min(_count(a, g.channels), g.channels - 1)
+        k = min(amount_to_count(a, g.channels), g.channels - 1)
         score = channel_importance(_weight(named[g.producer]), importance)  # (channels,)
         order = torch.argsort(score, descending=True, stable=True)
         keep[g.producer] = torch.sort(order[: g.channels - k]).values

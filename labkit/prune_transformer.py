@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labkit.prune import _count, copy_model, remove_
+from labkit.prune import amount_to_count, copy_model, remove_
 from labkit.utils import check_choice
 
 __all__ = [
@@ -139,7 +139,7 @@ def select_heads(scores: Mapping[str, Tensor], amount: int | float) -> dict[str,
     Example: ``select_heads(head_importance(vit), 0.5)``
     """
     flat = [(float(s), name, h) for name, t in scores.items() for h, s in enumerate(t.tolist())]
-    k = _count(amount, len(flat))
+    k = amount_to_count(amount, len(flat))
     chosen = sorted(flat)[:k]
     out: dict[str, list[int]] = {name: [] for name in scores}
     for _, name, h in chosen:

@@ -48,6 +48,7 @@ __all__ = [
     "QuantConfig",
     "QUANTIZABLE",
     "FakeQuantLayer",
+    "input_batches",
     "quantize",
     "quantize_",
     "fold_bn",
@@ -250,7 +251,7 @@ def calibrate_(
     model.eval()
     try:
         seen = 0
-        for X in _input_batches(calib_data, batch_size):
+        for X in input_batches(calib_data, batch_size):
             X = X[: num_samples - seen]  # (b, *input_shape)
             model(X)
             seen += len(X)
@@ -345,8 +346,8 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _input_batches(data: Any, batch_size: int) -> Iterator[Tensor]:
-    """Input tensors (b, *input_shape) from ArrayData, (X, y), X, or an iterable of batches."""
+def input_batches(data: Any, batch_size: int) -> Iterator[Tensor]:
+    """Calibration input tensors (b, *input_shape) from ArrayData, (X, y), X, or batches."""
     if hasattr(data, "X_train"):
         data = data.X_train
     if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):

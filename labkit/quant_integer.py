@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labkit.quant import (
-    _input_batches,
     choose_qparams,
     fold_bn_,
+    input_batches,
     qparams_from_range,
     quantize_affine,
 )
@@ -437,7 +437,7 @@ def to_integer(
             )
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1)):
             raise ValueError(f"AdaptiveAvgPool2d output_size must be 1; got {m.output_size!r}")
-    X = torch.cat(list(_input_batches(calib_data, batch_size)))[:num_samples]
+    X = torch.cat(list(input_batches(calib_data, batch_size)))[:num_samples]
     if len(X) == 0:
         raise ValueError("calib_data must hold at least one sample; got none")
     order: list[str] = []

@@ -35,12 +35,22 @@ from torch import Tensor, nn
 from labkit import lowbit, measure, models, prune, quant, sparse, utils
 from labkit.utils import check_int, check_number
 
-__all__ = ["code_bytes", "mask_saving", "to_bytes", "from_bytes", "save", "load"]
+__all__ = [
+    "code_bytes",
+    "mask_saving",
+    "to_bytes",
+    "from_bytes",
+    "save",
+    "load",
+    "identify",
+    "skeleton",
+]
 
 _MAGIC = b"LKCAP1\n"
 
 
-def _identify(model: nn.Module) -> tuple[str, Any]:
+def identify(model: nn.Module) -> tuple[str, Any]:
+    """The zoo name and config of a model built by ``models.build``, or a one-line ValueError."""
     config = getattr(model, "config", None)
     for name, cls in models.CONFIGS.items():
         if type(config) is cls and isinstance(model, models.MODELS[name]):
@@ -51,7 +61,7 @@ def _identify(model: nn.Module) -> tuple[str, Any]:
     )
 
 
-def _skeleton(name: str, config: Any) -> nn.Module:
+def skeleton(name: str, config: Any) -> nn.Module:
     """The inference structure a shipped model loads into: built from config, BatchNorm folded."""
     return quant.fold_bn_(models.build(name, config).eval())
 
@@ -165,7 +175,7 @@ def to_bytes(model: nn.Module) -> bytes:
     Example: ``len(to_bytes(model))  # the real bytes of what is shipped``
     """
     model = quant.fold_bn_(prune.remove_(prune.copy_model(model)).eval())
-    name, config = _identify(model)
+    name, config = identify(model)
     tensors: dict[str, Tensor] = {}
     layers: dict[str, dict] = {}
     for lname, m in model.named_modules():
@@ -190,7 +200,7 @@ def to_bytes(model: nn.Module) -> bytes:
         if not key.startswith(inside):
             tensors[key] = value
     loaded = {k for k in tensors if ".weight." not in k} | {f"{n}.weight" for n in layers}
-    expected = set(_skeleton(name, config).state_dict())
+    expected = set(skeleton(name, config).state_dict())
     if loaded != expected:
         raise ValueError(
             f"model must keep the architecture of models.build({name!r}, config) (quantize "
@@ -216,7 +226,7 @@ def from_bytes(payload: bytes) -> nn.Module:
         header = json.loads(payload[start : start + n])
         tensors = sparse.unpack_state_dict(bytes(payload[start + n :]))
         name = header["model"]
-        model = _skeleton(name, models.CONFIGS[name](**header["config"]))
+        model = skeleton(name, models.CONFIGS[name](**header["config"]))
         for lname, spec in header["quantized"].items():
             scale = tensors.pop(f"{lname}.weight.scale").float()  # (out, G)
             rows, cols = spec["shape"][0], math.prod(spec["shape"][1:])

@@ -42,6 +42,10 @@ __all__ = [
     "unique",
     "to_table",
     "mean_std",
+    "check_records",
+    "check_keys",
+    "record_keys",
+    "record_number",
 ]
 
 _FORMAT = "labkit-sweep/1"
@@ -292,7 +296,7 @@ def _fn_id(fn: Callable) -> str:
 
 def _state_default(obj: Any) -> Any:
     try:
-        return utils._json_default(obj)
+        return utils.json_default(obj)
     except TypeError:  # a model, a dataset, a function: only its type counts
         return f"<{type(obj).__module__}.{type(obj).__qualname__}>"
 
@@ -369,7 +373,7 @@ def _store(
         "name": name,
         "fn": fn_id,
         "version": version,
-        "point": json.loads(json.dumps(point, default=utils._json_default)),
+        "point": json.loads(json.dumps(point, default=utils.json_default)),
         "result": result,
     }
     stored = {"sha256": utils.sha256_bytes(_canonical(payload).encode()), "payload": payload}
@@ -399,13 +403,13 @@ def pareto_front(
 
     Example: ``pareto_front(records, x="bytes", y="acc")  # smallest models at each accuracy``
     """
-    records = _check_records(records)
-    _check_keys(records, (x, y))
+    records = check_records(records)
+    check_keys(records, (x, y))
     sx = 1.0 if minimize_x else -1.0
     sy = -1.0 if maximize_y else 1.0
     scored = []  # (a, b, index): smaller a and smaller b are better
     for i, rec in enumerate(records):
-        xv, yv = _number(rec[x], x), _number(rec[y], y)
+        xv, yv = record_number(rec[x], x), record_number(rec[y], y)
         if not (math.isnan(xv) or math.isnan(yv)):
             scored.append((sx * xv, sy * yv, i))
     scored.sort()
@@ -417,7 +421,7 @@ def pareto_front(
         if b_min < best_b:
             kept.extend(i for _, b, i in group if b == b_min)
             best_b = b_min
-    kept.sort(key=lambda i: (_number(records[i][x], x), i))
+    kept.sort(key=lambda i: (record_number(records[i][x], x), i))
     return [records[i] for i in kept]
 
 
@@ -431,10 +435,10 @@ def select(records: Sequence[Mapping[str, Any]], **where: Any) -> list[dict]:
 
     Example: ``select(records, method="prune", amount=lambda a: a >= 0.5)``
     """
-    records = _check_records(records)
+    records = check_records(records)
     for key in where:
         if records and not any(key in rec for rec in records):
-            raise ValueError(f"select key {key!r} is in no record; keys: {_keys(records)}")
+            raise ValueError(f"select key {key!r} is in no record; keys: {record_keys(records)}")
 
     def match(rec: Mapping[str, Any]) -> bool:
         for key, want in where.items():
@@ -453,9 +457,9 @@ def unique(records: Sequence[Mapping[str, Any]], key: str) -> list:
 
     Example: ``unique(records, "width")  # [16, 32, 64]``
     """
-    records = _check_records(records)
+    records = check_records(records)
     if records and not any(key in rec for rec in records):
-        raise ValueError(f"key {key!r} is in no record; keys: {_keys(records)}")
+        raise ValueError(f"key {key!r} is in no record; keys: {record_keys(records)}")
     out: list = []
     seen: set = set()
     for rec in records:
@@ -486,9 +490,9 @@ def to_table(
 
     Example: ``print(to_table(records, ["width", "acc"], floatfmt=".3f"))``
     """
-    records = _check_records(records)
+    records = check_records(records)
     if columns is None:
-        columns = _keys(records)
+        columns = record_keys(records)
     elif isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
         raise ValueError(f"columns must be a list of record keys; got {columns!r}")
     if not columns:
@@ -531,7 +535,7 @@ def mean_std(
 
     Example: ``mean_std(records, ["method", "bytes"], "acc")  # [{.., 'acc_std': .01, 'n': 3}]``
     """
-    records = _check_records(records)
+    records = check_records(records)
     groups = [group_by] if isinstance(group_by, str) else list(group_by)
     values = [value] if isinstance(value, str) else list(value)
     if not values:
@@ -539,7 +543,7 @@ def mean_std(
     ddof = utils.check_int("ddof", ddof, minimum=0)
     if set(values) & set(groups) or "n" in values:
         raise ValueError(f"value must differ from group_by {groups} and from 'n'; got {values}")
-    _check_keys(records, groups + values)
+    check_keys(records, groups + values)
     buckets: dict[str, tuple[dict, list[Mapping[str, Any]]]] = {}
     for rec in records:
         head = {g: rec[g] for g in groups}
@@ -549,7 +553,7 @@ def mean_std(
     for head, members in buckets.values():
         agg: dict[str, Any] = dict(head)
         for v in values:
-            arr = np.array([_number(m[v], v) for m in members], dtype=np.float64)
+            arr = np.array([record_number(m[v], v) for m in members], dtype=np.float64)
             agg[v] = float(arr.mean())
             agg[f"{v}_std"] = float(arr.std(ddof=ddof)) if len(arr) > ddof else math.nan
         agg["n"] = len(members)
@@ -560,7 +564,8 @@ def mean_std(
 # --------------------------------------------------------------------------- checks
 
 
-def _check_records(records: Any) -> list[Mapping[str, Any]]:
+def check_records(records: Any) -> list[Mapping[str, Any]]:
+    """``records`` as a list of dicts, or a one-line ValueError (sweep, plot, widget input)."""
     if isinstance(records, (Mapping, str, bytes)) or not isinstance(records, Iterable):
         raise ValueError(f"records must be a list of dicts; got {type(records).__name__}")
     records = list(records)
@@ -570,11 +575,13 @@ def _check_records(records: Any) -> list[Mapping[str, Any]]:
     return records
 
 
-def _keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
+def record_keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every key any record has, in first-seen order."""
     return list(dict.fromkeys(k for rec in records for k in rec))
 
 
-def _check_keys(records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> None:
+def check_keys(records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> None:
+    """Raise a one-line ValueError unless every record has every key in ``keys``."""
     for key in keys:
         if not isinstance(key, str):
             raise ValueError(f"keys must be str record keys; got {key!r}")
@@ -582,7 +589,7 @@ def _check_keys(records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> No
         if missing:
             raise ValueError(
                 f"key {key!r} is missing from {missing} of {len(records)} records; "
-                f"keys: {_keys(records)}"
+                f"keys: {record_keys(records)}"
             )
 
 
@@ -590,7 +597,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, Number) and not isinstance(value, bool)
 
 
-def _number(value: Any, key: str) -> float:
+def record_number(value: Any, key: str) -> float:
+    """A record's ``key`` value as a float, or a ValueError naming the key (bools are not)."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{key!r} values must be numbers; got {value!r}")
     return float(value)

@@ -4,7 +4,10 @@ Everything here is small and has no side effects at import.
 
 Example:
     >>> from labkit import utils
-    >>> utils.seed(0)
+    >>> import torch
+    >>> first = torch.rand(3, generator=utils.seed(0))  # seeds random, numpy, torch; a Generator
+    >>> bool(torch.equal(first, torch.rand(3, generator=utils.seed(0))))
+    True
     >>> utils.check_choice("split", "train", ("train", "val", "test"))
     'train'
 """
@@ -44,6 +47,7 @@ __all__ = [
     "sha256_bytes",
     "sha256_file",
     "stable_hash",
+    "json_default",
     "check_choice",
     "check_int",
     "check_number",
@@ -235,11 +239,12 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
     Example: ``stable_hash({"lr": 1e-3, "epochs": 5})  # '3f2a...'``
     """
-    text = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
+    text = json.dumps(obj, sort_keys=True, default=json_default, separators=(",", ":"))
     return sha256_bytes(text.encode())[:length]
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for labkit values: dataclasses, tuples, sets, paths, NumPy."""
     if hasattr(obj, "__dataclass_fields__"):
         import dataclasses
 

@@ -153,11 +153,11 @@ class Explorer(_Controls):
         plot: Callable[[list[Mapping[str, Any]], Axes], Any] | None = None,
         figsize: tuple[float, float] = (6, 4),
     ) -> None:
-        records = sweep._check_records(records)
+        records = sweep.check_records(records)
         if not records:
             raise ValueError("records must be a non-empty list of dicts; got an empty list")
         keys = (controls,) if isinstance(controls, str) else tuple(controls)
-        sweep._check_keys(records, [x, y, *keys])
+        sweep.check_keys(records, [x, y, *keys])
         if plot is not None and not callable(plot):
             raise ValueError(f"plot must be None or a function (records, ax); got {plot!r}")
         if not (
@@ -423,7 +423,7 @@ def _live_widget(name: str, spec: Any) -> ipywidgets.Widget:
 
 
 def _fmt(key: str, value: Any) -> str:
-    if _is_number(value) and plots._is_bytes(key) and value >= 0:
+    if _is_number(value) and plots.is_bytes_key(key) and value >= 0:
         return plots.format_bytes(value)
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -434,7 +434,7 @@ def _readout(selection: Mapping[str, Any], chosen: Sequence[Mapping[str, Any]], 
     if not chosen:
         where = ", ".join(f"{k}={_label(v)}" for k, v in selection.items())
         return f"<i>no record with {html.escape(where)}</i>"
-    columns = list(keys) + [k for k in sweep._keys(chosen) if k not in keys]
+    columns = list(keys) + [k for k in sweep.record_keys(chosen) if k not in keys]
     head = "".join(f"<th style='padding:0 8px'>{html.escape(c)}</th>" for c in columns)
     rows = []
     for rec in chosen[:_MAX_ROWS]:

@@ -162,3 +162,50 @@ def test_notebooks_use_only_public_names(path):
     aliases = set().union(*(_aliases(_parse(src)) for src in sources))
     found = [use for src in sources for use in _private_uses(src, aliases)]
     assert not found, f"private labkit names used in {path.name}: {found}"
+
+
+def _foreign_private_uses(source: str, own: str) -> list[str]:
+    """Private names of *other* top-level labkit modules that library code ``own`` reaches for
+    (a package's files may share their own private helpers)."""
+    tree = ast.parse(source)
+    owner: dict[str, str] = {}  # local alias -> top-level labkit module it names
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            parts = (node.module or "").split(".")
+            if parts[0] != "labkit":
+                continue
+            for alias in node.names:
+                top = parts[1] if len(parts) > 1 else alias.name
+                owner[alias.asname or alias.name] = top
+                if alias.name.startswith("_") and not alias.name.startswith("__") and top != own:
+                    found.append(f"{node.module}.{alias.name}")
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and isinstance(node.value, ast.Name)
+            and owner.get(node.value.id, own) != own
+        ):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_the_foreign_private_check_catches_one():
+    code = (
+        "from labkit import sweep\nfrom labkit.plots import _x\n"
+        "from labkit.measure.compute import _y\n"
+        "sweep._keys(r)\nsweep.grid()\n"
+    )
+    assert _foreign_private_uses(code, "measure") == ["labkit.plots._x", "sweep._keys"]
+    assert _foreign_private_uses(code, "plots") == ["labkit.measure.compute._y", "sweep._keys"]
+
+
+def test_modules_use_no_private_name_of_another_module():
+    found = {
+        str(path.relative_to(ROOT)): uses
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (uses := _foreign_private_uses(path.read_text(encoding="utf-8"), _module_name(path)))
+    }
+    assert not found, f"private names used across modules (make them public or move them): {found}"

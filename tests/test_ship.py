@@ -169,3 +169,15 @@ def test_save_writes_what_load_reads(tmp_path):
     assert path.read_bytes() == ship.to_bytes(model)
     x = _signals()
     torch.testing.assert_close(_outputs(ship.load(path), x), _outputs(model, x), rtol=0, atol=0)
+
+
+def test_identify_names_zoo_models_and_skeleton_is_their_folded_shape():
+    model = _cnn()
+    name, config = ship.identify(model)
+    assert (name, config) == ("cnn1d", CNN)
+    skeleton = ship.skeleton(name, config)
+    assert isinstance(skeleton, models.CNN1d) and not skeleton.training
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in skeleton.modules())
+    assert any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    with pytest.raises(ValueError, match="model must be a labkit zoo model"):
+        ship.identify(nn.Linear(4, 2))

@@ -320,7 +320,7 @@ def course_points(
         "small": sweep.grid(
             targets=list(distill.TARGETS),
             num_inputs=[check_int("small_inputs", n, minimum=1) for n in small_inputs],
-            temperature=[distill._temperature(small_temperature)],
+            temperature=[distill.check_temperature(small_temperature)],
             seed=seeds,
         ),
     }

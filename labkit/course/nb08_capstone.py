@@ -267,7 +267,7 @@ def pipeline(config: PipelineConfig | None = None, progress: bool | None = None)
 
 def _arch(model: nn.Module) -> str:
     """``"cnn1d 16-16-16"``: the zoo name and the widths, enough to rebuild the shape for timing."""
-    name, config = ship._identify(model)
+    name, config = ship.identify(model)
     widths = config.channels if name != "mlp" else config.hidden
     return f"{name} {'-'.join(map(str, widths))}"
 
@@ -277,7 +277,7 @@ def _build_arch(arch: str) -> nn.Module:
     name, widths = arch.split(" ")
     field = "hidden" if name == "mlp" else "channels"
     shape = {field: tuple(int(w) for w in widths.split("-"))}
-    return ship._skeleton(name, models.config_for(name, DATASET, **shape))
+    return ship.skeleton(name, models.config_for(name, DATASET, **shape))
 
 
 def stage_records(pipe: Pipeline, ds: Any, stages: Sequence[str] = STAGES) -> list[dict]:

@@ -26,6 +26,7 @@ Files: ``exits`` (the early-exit model, exit rule, reports, threshold choice and
 load balancing) and ``zoo`` (the ``pretrained_*`` builders and their cache).
 
 Example:
+    >>> import torch
     >>> from labkit import dynamic
     >>> model = dynamic.EarlyExitCNN1d(dynamic.EXIT_CONFIG)
     >>> dynamic.path_macs(model, torch.zeros(1, 1, 40))
