@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labkit import lowbit, measure, models, prune, quant, sparse, utils
+from labkit import lowbit, measure, models, prune, quant, utils
+from labkit.prune import sparse
 from labkit.utils import check_int, check_number
 
 __all__ = [

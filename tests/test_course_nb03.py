@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import labkit
-from labkit import measure, models, sparse, sweep
+from labkit import measure, models, sweep
 from labkit.course import nb03_pruning
+from labkit.prune import sparse
 
 MLP_KEY = models.cache_key("mlp", "digits")
 VIT_KEY = models.cache_key("vit", "digits")

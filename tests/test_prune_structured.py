@@ -1,4 +1,4 @@
-"""labkit.prune_structured: shrunk models equal their masked twins; torch's ln_structured picks
+"""labkit.prune.structured: shrunk models equal their masked twins; torch's ln_structured picks
 the same channels."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from labkit import measure, models
-from labkit import prune_structured as ps
+from labkit.prune import structured as ps
 
 SMALL = {
     "mlp": ({}, (1, 8, 8)),

@@ -1,4 +1,4 @@
-"""labkit.prune_transformer: pruned heads equal masked heads, dropped blocks equal identities."""
+"""labkit.prune.transformer: pruned heads equal masked heads, dropped blocks equal identities."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from labkit import measure, models
-from labkit import prune_structured as ps
-from labkit import prune_transformer as pt
+from labkit.prune import structured as ps
+from labkit.prune import transformer as pt
 
 
 def _model(name: str = "vit") -> nn.Module:

@@ -1,5 +1,5 @@
-"""labkit.sparse: bit-exact encodings (but for the sign of zero), byte formulas equal real lengths,
-torch's CSR as oracle."""
+"""labkit.prune.sparse: bit-exact encodings (but for the sign of zero), byte formulas equal real
+lengths, torch's CSR as oracle."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import measure, prune, sparse
+from labkit import measure, prune
+from labkit.prune import sparse
 
 
 def _sparse_tensor(shape, density, seed=0, dtype=torch.float32):

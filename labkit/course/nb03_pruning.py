@@ -36,10 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit import data, measure, models, prune, sparse, sweep, train, utils
-from labkit import prune_structured as ps
-from labkit import prune_transformer as pt
+from labkit import data, measure, models, prune, sweep, train, utils
 from labkit.course import Step
+from labkit.prune import sparse
+from labkit.prune import structured as ps
+from labkit.prune import transformer as pt
 from labkit.utils import check_choice, check_int
 
 __all__ = [

@@ -10,10 +10,11 @@ a concat or the model output is never pruned.
 
 Every shrink has a *masked* twin of the original shape (``mask_channels``) whose output is the
 same: that is the correctness check (``prune_channels(m)(x) ≈ mask_channels(m)(x)``). Attention
-heads and whole residual blocks are in ``labkit.prune_transformer``.
+heads and whole residual blocks are in ``labkit.prune.transformer``.
 
 Example:
-    >>> from labkit import models, prune_structured as ps
+    >>> from labkit import models
+    >>> from labkit.prune import structured as ps
     >>> model = models.build("lenet")
     >>> small = ps.prune_channels(model, amount=0.5)
     >>> small.config.channels, small.config.hidden
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from labkit.prune import amount_to_count, copy_model, remove_
+from labkit.prune.unstructured import amount_to_count, copy_model, remove_
 from labkit.utils import check_choice
 
 __all__ = [

@@ -4,7 +4,7 @@ Masks live where ``torch.nn.utils.prune`` puts them: a pruned layer holds ``weig
 trained values, still a parameter) and a ``weight_mask`` buffer, and its forward uses
 ``weight = weight_orig * weight_mask``. So fine-tuning keeps pruned weights at exactly zero, and
 ``remove_`` folds the mask in for good. Zeros do not make a model smaller or faster by
-themselves: see ``labkit.sparse`` for the bytes and ``labkit.prune_structured`` for the speed.
+themselves: see ``labkit.prune.sparse`` for the bytes and ``labkit.prune.structured`` for the speed.
 
 ``amount`` follows torch: an int is a count of weights, a float in [0, 1) a fraction. Unlike
 calling ``torch.nn.utils.prune.l1_unstructured`` twice (which prunes a fraction of what is left),

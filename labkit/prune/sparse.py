@@ -26,7 +26,7 @@ are zero; CSR with 2-byte indices must drop a third of them.
 
 Example:
     >>> import torch
-    >>> from labkit import sparse
+    >>> from labkit.prune import sparse
     >>> w = torch.tensor([[0.0, 1.5, 0.0, 0.0], [2.0, 0.0, 0.0, -1.0]])
     >>> blob = sparse.to_sparse_bytes(w, format="csr")
     >>> torch.equal(sparse.from_sparse_bytes(blob), w)

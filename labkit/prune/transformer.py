@@ -8,7 +8,8 @@ stream just skips it. Works on the zoo's ``ViT`` and ``GPT`` (and any module wit
 ``c_proj`` and ``heads``).
 
 Example:
-    >>> from labkit import models, prune_transformer as pt
+    >>> from labkit import models
+    >>> from labkit.prune import transformer as pt
     >>> vit = models.build("vit", dim=32, depth=2)
     >>> small = pt.prune_heads(vit, {"blocks.0.attn": [1, 3]})
     >>> small.blocks[0].attn.heads, pt.drop_layers(vit, [1]).config.depth
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from labkit.prune import amount_to_count, copy_model, remove_
+from labkit.prune.unstructured import amount_to_count, copy_model, remove_
 from labkit.utils import check_choice
 
 __all__ = [
