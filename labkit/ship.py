@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labkit import lowbit, measure, models, prune, quant, utils
+from labkit import measure, models, prune, quant, utils
 from labkit.prune import sparse
+from labkit.quant import lowbit
 from labkit.utils import check_int, check_number
 
 __all__ = [

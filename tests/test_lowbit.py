@@ -1,4 +1,5 @@
-"""labkit.lowbit: packing, group-wise grids vs PyTorch, PackedLinear bytes, GPTQ, codebooks."""
+"""labkit.quant.lowbit: packing, group-wise grids vs PyTorch, PackedLinear bytes, GPTQ,
+codebooks."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit import lowbit, measure, models, quant
-from labkit.lowbit import LowBitConfig
+from labkit import measure, models, quant
+from labkit.quant import lowbit
+from labkit.quant.lowbit import LowBitConfig
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import measure, models, quant_int8
+from labkit import measure, models
+from labkit.quant import int8 as quant_int8
 
 
 def _mlp() -> nn.Module:

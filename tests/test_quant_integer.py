@@ -11,8 +11,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from labkit import models
-from labkit import quant_integer as qi
-from labkit.quant_int8 import quiet
+from labkit.quant import integer as qi
+from labkit.quant.int8 import quiet
 
 INT32_MIN, INT32_MAX = qi.INT32_MIN, qi.INT32_MAX
 # QNNPACK is the torch.ao backend that adds an int32 bias and requantizes every output with one

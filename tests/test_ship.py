@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from labkit import lowbit, measure, models, prune, quant, ship
+from labkit import measure, models, prune, quant, ship
+from labkit.quant import lowbit
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 

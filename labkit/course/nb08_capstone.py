@@ -36,8 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labkit import data, distill, lowbit, measure, models, prune, quant, ship, sweep, train, utils
+from labkit import data, distill, measure, models, prune, quant, ship, sweep, train, utils
 from labkit.course import Step, nb02_distillation, nb03_pruning, nb06_dynamic
+from labkit.quant import lowbit
 from labkit.utils import check_choice, check_fraction, check_int, check_number
 
 __all__ = [
@@ -404,11 +405,11 @@ def pruning_points() -> list[dict]:
 
 
 def int8_kernels(pipe: Pipeline, ds: Any, num_samples: int = 512) -> nn.Module:
-    """The pruned stage on real int8 kernels (``quant_int8``, static: int8 weights per channel AND
+    """The pruned stage on real int8 kernels (``quant.int8``, static: int8 weights per channel AND
     int8 activations calibrated on ``num_samples`` training inputs): what the 8-bit stage runs
     as, for speed. Example: ``kernels = int8_kernels(pipe, data.load("mnist1d"))``
     """
-    from labkit import quant_int8
+    from labkit.quant import int8 as quant_int8
 
     shipped = ship.from_bytes(ship.to_bytes(pipe.stages["pruned"]))
     X = ds.X_train[:num_samples]  # (num_samples, *input_shape)
@@ -433,7 +434,7 @@ def latency(
     ``compare_latency``'s dict (``median_ms``, ``speedup`` vs the teacher, ...).
     Example: ``latency(pipe, stage_records(pipe, ds), ds.X_test[:256], int8_kernels(pipe, ds))``
     """
-    from labkit import quant_int8
+    from labkit.quant import int8 as quant_int8
 
     variants = {f"stage {s}": ship.from_bytes(ship.to_bytes(m)) for s, m in pipe.stages.items()}
     variants["stage int8"] = int8

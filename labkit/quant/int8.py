@@ -18,7 +18,7 @@ none of the teaching code depends on it.
 
 Example:
     >>> import torch
-    >>> from labkit import quant_int8
+    >>> from labkit.quant import int8 as quant_int8
     >>> from torch import nn
     >>> model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
     >>> qmodel = quant_int8.to_int8(model.eval(), torch.randn(8, 64), mode="dynamic")
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from labkit import measure
-from labkit.quant import fold_bn
+from labkit.quant.fake import fold_bn
 from labkit.utils import check_choice, check_int
 
 __all__ = ["MODES", "BACKENDS", "to_int8", "compare_speed", "quiet"]

@@ -1,30 +1,7 @@
-"""8-bit (and fewer-bit) quantization from first principles, simulated with fake-quant in torch.
+"""Fake-quantized models: layers whose weights and inputs are rounded as integer hardware would.
 
-A number ``x`` is stored as an integer ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``
-and read back as ``(q - zero_point) * scale``. Everything here is that formula, applied with care:
-
-* **Primitives** (bottom of the file): :func:`choose_qparams`, :func:`quantize_affine`,
-  :func:`dequantize_affine`, :func:`fake_quantize_affine`, bit-exact against PyTorch's
-  ``torch.fake_quantize_per_tensor_affine`` / ``..._per_channel_affine`` (round half to even, and
-  ``x * (1 / scale)`` rather than ``x / scale``, as PyTorch's kernels do).
-* **Observers** collect activation ranges on calibration batches: ``"minmax"``, ``"percentile"``
-  (clip rare outliers) or ``"mse"`` (the clipping range with the least squared error).
-* **Model transforms**: :func:`quantize` / :func:`quantize_` fold BatchNorm into the convs, then
-  wrap every Linear/Conv1d/Conv2d so its weight and its input are fake-quantized: the float model
-  computes what integer hardware would. :func:`qat` fine-tunes through the rounding with the
-  straight-through estimator (:class:`FakeQuantSTE`). :func:`packed_bytes` is the real serialized
-  size of the integer weights, packed ``bits`` per weight.
-
-Real int8 kernels (for speed, via ``torch.ao``) live in ``labkit.quant_int8``; this file never needs
-them.
-
-Example:
-    >>> import torch
-    >>> from labkit import quant
-    >>> x = torch.tensor([-1.0, 0.0, 0.3, 2.0])
-    >>> scale, zp = quant.choose_qparams(x, bits=8, symmetric=True)
-    >>> quant.quantize_affine(x, scale, zp, bits=8, symmetric=True)
-    tensor([-64,   0,  19, 127], dtype=torch.int8)
+Post-training quantization (``quantize``, ``calibrate_``), quantization-aware training through the
+rounding (``qat``), BatchNorm folding, and the packed bytes of the integer weights.
 """
 
 from __future__ import annotations
@@ -32,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from labkit.quant.affine import choose_qparams, fake_quantize_ste, quantize_affine
+from labkit.quant.observers import CALIBRATIONS, Observer
+from labkit.quant.packing import pack_bits
 from labkit.utils import check_choice, check_int
 
 __all__ = [
+    "GRANULARITIES",
     "QuantConfig",
     "QUANTIZABLE",
     "FakeQuantLayer",
@@ -59,22 +39,10 @@ __all__ = [
     "quantized_layers",
     "packed_state_dict",
     "packed_bytes",
-    "Observer",
-    "FakeQuantSTE",
-    "fake_quantize_ste",
-    "qrange",
-    "qparams_from_range",
-    "choose_qparams",
-    "quantize_affine",
-    "dequantize_affine",
-    "fake_quantize_affine",
-    "pack_bits",
     "hold_zeros",
-    "unpack_bits",
 ]
 
 GRANULARITIES = ("per_tensor", "per_channel")
-CALIBRATIONS = ("minmax", "percentile", "mse")
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 """Layer types whose weight and input are quantized."""
 
@@ -397,296 +365,6 @@ def packed_bytes(model: nn.Module) -> int:
     buf = io.BytesIO()
     torch.save(packed_state_dict(model), buf)
     return buf.getbuffer().nbytes
-
-
-# --------------------------------------------------------------------------- observers
-
-
-class Observer:
-    """Collects the range of the tensors it sees; turns it into (scale, zero_point).
-
-    ``method``: "minmax" (the extreme values), "percentile" (the ``percentile`` / ``100 -
-    percentile`` quantiles: rare outliers get clipped), "mse" (the clipping range, among ``grid``
-    shrunk copies of the min-max range, whose fake-quant has the least mean squared error).
-    Percentile and MSE work on a seeded random sample of at most ``max_samples`` values.
-    Example: ``obs = Observer("percentile"); obs.update(x); scale, zp = obs.qparams()``
-    """
-
-    def __init__(
-        self,
-        method: str = "minmax",
-        bits: int = 8,
-        symmetric: bool = False,
-        *,
-        percentile: float = 99.99,
-        grid: int = 64,
-        max_samples: int = 2**17,
-        seed: int = 0,
-    ) -> None:
-        self.method = check_choice("method", method, CALIBRATIONS)
-        self.bits = check_int("bits", bits, minimum=2, maximum=8)
-        self.symmetric = check_choice("symmetric", symmetric, (True, False))
-        self.percentile = float(percentile)
-        self.grid = check_int("grid", grid, minimum=1)
-        self.max_samples = check_int("max_samples", max_samples, minimum=1)
-        self.min_val = torch.tensor(float("inf"))
-        self.max_val = torch.tensor(float("-inf"))
-        self.samples: list[Tensor] = []
-        self._generator = torch.Generator().manual_seed(seed)
-
-    def update(self, x: Tensor) -> None:
-        """Record one batch (any shape)."""
-        x = x.detach().float().flatten()  # (N,)
-        if x.numel() == 0:
-            return
-        self.min_val = torch.minimum(self.min_val, x.min())
-        self.max_val = torch.maximum(self.max_val, x.max())
-        if self.method != "minmax":
-            if x.numel() > self.max_samples:
-                idx = torch.randint(x.numel(), (self.max_samples,), generator=self._generator)
-                x = x[idx]  # (max_samples,)
-            self.samples.append(x)
-            pool = torch.cat(self.samples)
-            if pool.numel() > self.max_samples:
-                idx = torch.randperm(pool.numel(), generator=self._generator)[: self.max_samples]
-                pool = pool[idx]
-            self.samples = [pool]
-
-    def range(self) -> tuple[Tensor, Tensor]:
-        """(low, high) of the quantization range, by the observer's method."""
-        if not torch.isfinite(self.min_val):
-            raise ValueError("observer must see at least one batch before range(); got none")
-        lo, hi = self.min_val, self.max_val
-        if self.method == "percentile":
-            sample = self.samples[0]
-            q = torch.tensor([100 - self.percentile, self.percentile]) / 100
-            lo, hi = torch.quantile(sample, q)
-        elif self.method == "mse":
-            lo, hi = self._mse_range(self.samples[0], lo, hi)
-        return lo, hi
-
-    def qparams(self) -> tuple[Tensor, Tensor]:
-        """(scale, zero_point) for :func:`fake_quantize_affine` on the observed range."""
-        lo, hi = self.range()
-        return qparams_from_range(lo, hi, self.bits, self.symmetric)
-
-    def _mse_range(self, sample: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-        best, best_err = (lo, hi), float("inf")
-        for i in range(self.grid, 0, -1):
-            frac = i / self.grid
-            scale, zp = qparams_from_range(lo * frac, hi * frac, self.bits, self.symmetric)
-            err = fake_quantize_affine(sample, scale, zp, self.bits, self.symmetric) - sample
-            err = float(err.square().mean())
-            if err < best_err:
-                best, best_err = (lo * frac, hi * frac), err
-        return best
-
-
-# --------------------------------------------------------------------------- straight-through
-
-
-class FakeQuantSTE(torch.autograd.Function):
-    """Fake-quant whose backward is the straight-through estimator.
-
-    Forward: :func:`fake_quantize_affine`. Backward: the gradient passes unchanged where the
-    unclamped integer ``round(x / scale) + zero_point`` lies inside ``[qmin, qmax]`` and is zero
-    outside (clipped values cannot move the output), exactly as PyTorch's fake-quant backward.
-    Example: ``y = FakeQuantSTE.apply(x, scale, zp, 8, True, None)``
-    """
-
-    @staticmethod
-    def forward(ctx, x, scale, zero_point, bits=8, symmetric=True, axis=None):  # noqa: D102
-        qmin, qmax = qrange(bits, symmetric)
-        s, z = _broadcast(scale, x, axis), _broadcast(zero_point, x, axis)
-        q = torch.round(x * torch.reciprocal(s)) + z  # unclamped integers, as floats
-        ctx.save_for_backward((q >= qmin) & (q <= qmax))
-        return (q.clamp(qmin, qmax) - z) * s
-
-    @staticmethod
-    def backward(ctx, grad_output):  # noqa: D102
-        (inside,) = ctx.saved_tensors
-        return grad_output * inside, None, None, None, None, None
-
-
-def fake_quantize_ste(
-    x: Tensor,
-    scale: Tensor,
-    zero_point: Tensor,
-    bits: int = 8,
-    symmetric: bool = True,
-    axis: int | None = None,
-) -> Tensor:
-    """:func:`fake_quantize_affine` with a straight-through gradient (:class:`FakeQuantSTE`).
-
-    Example: ``w_q = fake_quantize_ste(w, scale, zp, 4, True, axis=0)``
-    """
-    return FakeQuantSTE.apply(x, scale, zero_point, bits, symmetric, axis)
-
-
-# --------------------------------------------------------------------------- pure primitives
-
-
-def qrange(bits: int = 8, symmetric: bool = True) -> tuple[int, int]:
-    """The integer grid: signed ``[-2^(b-1), 2^(b-1)-1]`` if symmetric, else ``[0, 2^b - 1]``.
-
-    Example: ``qrange(8, True)  # (-128, 127)``; ``qrange(4, False)  # (0, 15)``
-    """
-    check_int("bits", bits, minimum=2, maximum=8)
-    check_choice("symmetric", symmetric, (True, False))
-    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
-
-
-def qparams_from_range(
-    x_min: Tensor | float, x_max: Tensor | float, bits: int = 8, symmetric: bool = True
-) -> tuple[Tensor, Tensor]:
-    """(scale, zero_point) that map the range ``[x_min, x_max]`` (widened to hold 0) onto the grid.
-
-    Symmetric: ``scale = max(|x_min|, |x_max|) / (2^(b-1) - 1)``, zero_point 0, so ``±max`` land on
-    ``±qmax`` (the code ``-2^(b-1)`` stays unused). Affine: ``scale = (x_max - x_min) / (2^b - 1)``,
-    ``zero_point = qmin - round(x_min / scale)``, as ``torch.ao``'s MinMaxObserver. Either way 0.0
-    is exactly representable and the scale is at least float32 eps. Shapes follow ``x_min``.
-    Example: ``qparams_from_range(0.0, 2.55, 8, False)  # (tensor(0.0100), tensor(0))``
-    """
-    qmin, qmax = qrange(bits, symmetric)
-    x_min = torch.as_tensor(x_min, dtype=torch.float32)
-    x_max = torch.as_tensor(x_max, dtype=torch.float32)
-    if bool((x_min > x_max).any()):
-        raise ValueError("x_min must be <= x_max; got a range with x_min > x_max")
-    min_neg = torch.clamp(x_min, max=0.0)
-    max_pos = torch.clamp(x_max, min=0.0)
-    eps = torch.finfo(torch.float32).eps
-    if symmetric:
-        scale = torch.maximum(-min_neg, max_pos) / qmax
-        return scale.clamp(min=eps), torch.zeros_like(scale, dtype=torch.int64)
-    scale = ((max_pos - min_neg) / float(qmax - qmin)).clamp(min=eps)
-    zero_point = qmin - torch.round(min_neg / scale).to(torch.int64)
-    return scale, zero_point.clamp(qmin, qmax)
-
-
-def choose_qparams(
-    x: Tensor, bits: int = 8, symmetric: bool = True, axis: int | None = None
-) -> tuple[Tensor, Tensor]:
-    """Min-max (scale, zero_point) of ``x``: one pair (shape ``()``), or one per slice on ``axis``.
-
-    Example: ``scale, zp = choose_qparams(conv.weight, 8, True, axis=0)  # (C_out,), (C_out,)``
-    """
-    if axis is None:
-        return qparams_from_range(x.min(), x.max(), bits, symmetric)
-    axis = check_int("axis", axis, minimum=-x.dim(), maximum=x.dim() - 1) % x.dim()
-    flat = x.transpose(0, axis).reshape(x.shape[axis], -1)  # (C, rest)
-    return qparams_from_range(flat.min(dim=1).values, flat.max(dim=1).values, bits, symmetric)
-
-
-def quantize_affine(
-    x: Tensor,
-    scale: Tensor,
-    zero_point: Tensor,
-    bits: int = 8,
-    symmetric: bool = True,
-    axis: int | None = None,
-) -> Tensor:
-    """Integer codes ``clamp(round(x * (1/scale)) + zero_point, qmin, qmax)`` (int8 or uint8).
-
-    ``round`` is half-to-even (like ``torch.round`` and C's ``nearbyint``); multiplying by the
-    float32 reciprocal, not dividing, is what PyTorch's kernels do, so results match bit for bit.
-    Per-channel ``scale``/``zero_point`` have shape ``(x.shape[axis],)``.
-    Example: ``quantize_affine(torch.tensor([0.26]), torch.tensor(0.1), torch.tensor(0))  # [3]``
-    """
-    qmin, qmax = qrange(bits, symmetric)
-    s, z = _broadcast(scale, x, axis), _broadcast(zero_point, x, axis)
-    q = torch.clamp(torch.round(x * torch.reciprocal(s)) + z, qmin, qmax)  # same shape as x
-    return q.to(torch.int8 if symmetric else torch.uint8)
-
-
-def dequantize_affine(
-    q: Tensor, scale: Tensor, zero_point: Tensor, axis: int | None = None
-) -> Tensor:
-    """Float values ``(q - zero_point) * scale`` of integer codes ``q``.
-
-    Example: ``dequantize_affine(torch.tensor([3]), torch.tensor(0.1), torch.tensor(0))  # [0.3]``
-    """
-    s, z = _broadcast(scale, q, axis), _broadcast(zero_point, q, axis)
-    return (q.float() - z.float()) * s  # same shape as q
-
-
-def fake_quantize_affine(
-    x: Tensor,
-    scale: Tensor,
-    zero_point: Tensor,
-    bits: int = 8,
-    symmetric: bool = True,
-    axis: int | None = None,
-) -> Tensor:
-    """``dequantize_affine(quantize_affine(x))`` in float: x snapped to the nearest grid point.
-
-    Equal, bit for bit, to ``torch.fake_quantize_per_tensor_affine`` (``axis=None``) and
-    ``torch.fake_quantize_per_channel_affine`` with ``qrange(bits, symmetric)``.
-    Example: ``fake_quantize_affine(x, *choose_qparams(x, 4), bits=4)``
-    """
-    qmin, qmax = qrange(bits, symmetric)
-    s, z = _broadcast(scale, x, axis), _broadcast(zero_point, x, axis)
-    q = torch.clamp(torch.round(x * torch.reciprocal(s)) + z, qmin, qmax)  # integers, as floats
-    return (q - z) * s  # same shape as x
-
-
-def pack_bits(codes: Tensor, bits: int) -> Tensor:
-    """Pack unsigned integer codes (values < 2^bits) into bytes, ``bits`` per code.
-
-    One little-endian bit stream, the first code in the lowest bits: two 4-bit codes per byte (low
-    nibble first), four 2-bit codes, eight 1-bit codes; 3-bit codes run across byte boundaries (8
-    codes in 3 bytes). ``n`` codes take ``ceil(n * bits / 8)`` bytes (uint8), the end padded with
-    zero bits. Vectorised per chunk of ``lcm(bits, 8)`` bits. Inverse: :func:`unpack_bits`.
-    Example: ``pack_bits(torch.tensor([1, 2, 3, 0]), 2)  # tensor([57], dtype=torch.uint8)``
-    """
-    bits = check_int("bits", bits, minimum=1, maximum=8)
-    codes = codes.flatten().to(torch.int64)  # (n,)
-    n = codes.numel()
-    if n and (int(codes.min()) < 0 or int(codes.max()) >= 2**bits):
-        raise ValueError(f"codes must be integers in [0, {2**bits - 1}]; got values outside")
-    per = math.lcm(bits, 8) // bits  # codes per chunk
-    nbytes = math.lcm(bits, 8) // 8  # bytes per chunk
-    chunks = F.pad(codes, (0, -n % per)).view(-1, per)  # (C, per)
-    value = (chunks << (bits * torch.arange(per))).sum(dim=1)  # (C,) <= 56 bits, no overlap
-    out = (value[:, None] >> (8 * torch.arange(nbytes))) & 255  # (C, nbytes)
-    return out.flatten()[: math.ceil(n * bits / 8)].to(torch.uint8)
-
-
-def unpack_bits(packed: Tensor, bits: int, numel: int) -> Tensor:
-    """The first ``numel`` codes stored by :func:`pack_bits`, int64, shape ``(numel,)``.
-
-    Example: ``unpack_bits(torch.tensor([57], dtype=torch.uint8), 2, 4)  # tensor([1, 2, 3, 0])``
-    """
-    bits = check_int("bits", bits, minimum=1, maximum=8)
-    numel = check_int("numel", numel, minimum=0)
-    per, nbytes = math.lcm(bits, 8) // bits, math.lcm(bits, 8) // 8
-    needed = math.ceil(numel * bits / 8)
-    if packed.numel() < needed:
-        raise ValueError(f"packed must hold {needed} bytes; got {packed.numel()}")
-    raw = packed.flatten().to(torch.int64)
-    raw = F.pad(raw, (0, -raw.numel() % nbytes)).view(-1, nbytes)  # (C, nbytes)
-    value = (raw << (8 * torch.arange(nbytes))).sum(dim=1)  # (C,)
-    codes = (value[:, None] >> (bits * torch.arange(per))) & (2**bits - 1)  # (C, per)
-    return codes.flatten()[:numel]
-
-
-def _broadcast(t: Tensor | float, x: Tensor, axis: int | None) -> Tensor:
-    """A per-tensor qparam as a 0-d tensor; a per-channel (C,) one shaped to broadcast on axis."""
-    t = torch.as_tensor(t, device=x.device)
-    if axis is None:
-        if t.numel() != 1:
-            raise ValueError(
-                f"axis must be set for per-channel qparams; got shape {tuple(t.shape)}"
-            )
-        return t.reshape(())
-    axis = axis % x.dim()
-    if t.dim() != 1 or t.numel() != x.shape[axis]:
-        raise ValueError(
-            f"scale and zero_point must have shape ({x.shape[axis]},) for axis={axis}; "
-            f"got {tuple(t.shape)}"
-        )
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    return t.view(shape)  # broadcasts along every other dimension
 
 
 @contextlib.contextmanager
