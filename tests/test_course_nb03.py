@@ -14,6 +14,7 @@ import labkit
 from labkit import measure, models, sweep
 from labkit.course import nb03_pruning
 from labkit.prune import sparse
+from labkit.sweep import runner
 
 MLP_KEY = models.cache_key("mlp", "digits")
 VIT_KEY = models.cache_key("vit", "digits")
@@ -146,7 +147,7 @@ def test_run_functions_can_go_to_worker_processes():
         nb03_pruning.structured,
         nb03_pruning.surgery,
     ):
-        sweep._check_importable(fn)  # raises for closures, lambdas and notebook functions
+        runner._check_importable(fn)  # raises for closures, lambdas and notebook functions
 
 
 @pytest.mark.parametrize(

@@ -5,21 +5,31 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import sys
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "labkit"
-MODULES = sorted(
-    ".".join(("labkit", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
-    for path in PACKAGE.rglob("*.py")
-    if path.name != "__main__.py"
-)
+# Scripts run as programs, never imported: ``python -m labkit`` and the notebook runner a grading
+# subprocess starts (importing it edits ``sys.path``, which would break this test process).
+SCRIPTS = {"labkit.__main__", "labkit.grading._nbval_runner"}
+
+
+def _module_name(path: Path) -> str:
+    """``labkit/quant/fake.py`` -> ``labkit.quant.fake``; a package's ``__init__`` -> its name."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(("labkit", *parts)).removesuffix(".__init__")
+
+
+MODULES = sorted({_module_name(path) for path in PACKAGE.rglob("*.py")} - SCRIPTS)
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
 def _examples(name: str) -> list[doctest.DocTest]:
+    path = list(sys.path)
     module = importlib.import_module(name)
+    assert sys.path == path, f"importing {name} changed sys.path"
     return [t for t in doctest.DocTestFinder().find(module, name) if t.examples]
 
 
