@@ -15,7 +15,7 @@
   ``select_layers`` (evenly spaced from the first); it is also the default ``layer_map`` of
   ``attention_loss``, so each student block is compared with the block it was copied from.
 
-Files: ``soft`` (soft targets), ``hints``, ``attention_maps``, ``layers`` and ``lm``
+Files: ``soft`` (soft targets), ``hints``, ``attention_transfer``, ``layers`` and ``lm``
 (``distill_lm``); every public name is ``distill.<name>``.
 
 Example:
@@ -28,46 +28,17 @@ Example:
     [0, 2, 4, 6, 8, 10]
 """
 
-from labkit.distill.attention_maps import (
-    attention_loss,
-    attention_maps,
-)
-from labkit.distill.hints import (
-    HintLoss,
-    capture,
-    fit_hints,
-)
-from labkit.distill.layers import (
-    init_from_teacher,
-    select_layers,
-)
-from labkit.distill.lm import (
-    distill_lm,
-)
-from labkit.distill.soft import (
-    TARGETS,
-    check_temperature,
-    distill,
-    gap_closed,
-    kd_loss,
-    softened,
-    transfer_inputs,
-)
+from labkit.distill import attention_transfer, hints, layers, lm, soft
+from labkit.distill.attention_transfer import *  # noqa: F403 - the package's names are its files' __all__
+from labkit.distill.hints import *  # noqa: F403
+from labkit.distill.layers import *  # noqa: F403
+from labkit.distill.lm import *  # noqa: F403
+from labkit.distill.soft import *  # noqa: F403
 
 __all__ = [
-    "TARGETS",
-    "check_temperature",
-    "softened",
-    "kd_loss",
-    "gap_closed",
-    "transfer_inputs",
-    "distill",
-    "capture",
-    "HintLoss",
-    "fit_hints",
-    "attention_maps",
-    "attention_loss",
-    "select_layers",
-    "init_from_teacher",
-    "distill_lm",
+    *soft.__all__,
+    *hints.__all__,
+    *attention_transfer.__all__,
+    *layers.__all__,
+    *lm.__all__,
 ]

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from labkit import train, utils
-from labkit.distill.attention_maps import attention_loss, attention_maps
+from labkit.distill.attention_transfer import attention_loss, attention_maps
 from labkit.distill.soft import _alpha, check_temperature, kd_loss
 
 __all__ = ["distill_lm"]

@@ -32,72 +32,16 @@ Example:
 """
 
 from labkit.quant import affine, codes, fake, fixedpoint, int8, integer, lowbit, observers, packing
-from labkit.quant.affine import (
-    FakeQuantSTE,
-    choose_qparams,
-    dequantize_affine,
-    fake_quantize_affine,
-    fake_quantize_ste,
-    qparams_from_range,
-    qrange,
-    quantize_affine,
-)
-from labkit.quant.fake import (
-    GRANULARITIES,
-    QUANTIZABLE,
-    FakeQuantLayer,
-    QuantConfig,
-    calibrate_,
-    fold_bn,
-    fold_bn_,
-    hold_zeros,
-    input_batches,
-    packed_bytes,
-    packed_state_dict,
-    qat,
-    qat_,
-    quantize,
-    quantize_,
-    quantized_layers,
-)
-from labkit.quant.observers import (
-    CALIBRATIONS,
-    Observer,
-)
-from labkit.quant.packing import (
-    pack_bits,
-    unpack_bits,
-)
+from labkit.quant.affine import *  # noqa: F403 - the package's names are its files' __all__
+from labkit.quant.fake import *  # noqa: F403
+from labkit.quant.observers import *  # noqa: F403
+from labkit.quant.packing import *  # noqa: F403
 
 __all__ = [
-    "QuantConfig",
-    "QUANTIZABLE",
-    "FakeQuantLayer",
-    "input_batches",
-    "quantize",
-    "quantize_",
-    "fold_bn",
-    "fold_bn_",
-    "calibrate_",
-    "qat",
-    "qat_",
-    "quantized_layers",
-    "packed_state_dict",
-    "packed_bytes",
-    "Observer",
-    "FakeQuantSTE",
-    "fake_quantize_ste",
-    "qrange",
-    "qparams_from_range",
-    "choose_qparams",
-    "quantize_affine",
-    "dequantize_affine",
-    "fake_quantize_affine",
-    "pack_bits",
-    "hold_zeros",
-    "unpack_bits",
-    "GRANULARITIES",
-    "CALIBRATIONS",
+    *fake.__all__,
+    *observers.__all__,
+    *affine.__all__,
+    *packing.__all__,
     "affine",
     "codes",
     "fake",

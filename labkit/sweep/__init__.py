@@ -16,34 +16,11 @@ Example:
     [{'bytes': 10, 'acc': 0.8}]
 """
 
-from labkit.sweep.records import (
-    check_keys,
-    check_records,
-    mean_std,
-    pareto_front,
-    record_keys,
-    record_number,
-    select,
-    to_table,
-    unique,
-)
-from labkit.sweep.runner import (
-    clear_cache,
-    grid,
-    run,
-)
+from labkit.sweep import records, runner
+from labkit.sweep.records import *  # noqa: F403 - the package's names are its files' __all__
+from labkit.sweep.runner import *  # noqa: F403
 
 __all__ = [
-    "grid",
-    "run",
-    "clear_cache",
-    "pareto_front",
-    "select",
-    "unique",
-    "to_table",
-    "mean_std",
-    "check_records",
-    "check_keys",
-    "record_keys",
-    "record_number",
+    *runner.__all__,
+    *records.__all__,
 ]
