@@ -50,6 +50,7 @@ _DATASETS = ("digits", "mnist1d", "pydoc")
 # One module per notebook with cached experiments; each defines ``steps()``: its part of
 # ``labkit prepare``, in the order the scheduler lists them.
 COURSE_MODULES = (
+    "nb00_basics",
     "nb02_distillation",
     "nb03_pruning",
     "nb06_dynamic",
