@@ -58,3 +58,35 @@ def test_sweep_versions_follow_the_course_and_the_model_version(monkeypatch):
     assert all(nb06_dynamic._sweep_version(k) != v for k, v in before.items())
     monkeypatch.undo()
     assert {k: nb06_dynamic._sweep_version(k) for k in before} == before
+
+
+def test_plot_exits_shows_the_report_on_its_curve():
+    import matplotlib.pyplot as plt
+
+    curve = [{"macs": m, "acc": a} for m, a in ((100, 0.5), (200, 0.8), (300, 0.9))]
+    report = {"exit_fraction": [0.5, 0.3, 0.2], "macs": 200.0, "acc": 0.8}
+    fig = nb06_dynamic.plot_exits(report, curve, plain_macs=400.0, title="t")
+    left, right = fig.axes
+    assert [p.get_height() for p in left.patches] == report["exit_fraction"]
+    marked = right.lines[1]
+    assert list(marked.get_xdata()) == [200.0] and list(marked.get_ydata()) == [0.8]
+    assert "50% saved" in right.get_title()
+    plt.close(fig)
+
+
+def test_plot_moe_draws_each_top_k_over_the_expert_counts_and_the_wide_layer():
+    import matplotlib.pyplot as plt
+
+    hidden, balance = nb06_dynamic.COURSE["moe_hidden"], nb06_dynamic.COURSE["balance"]
+
+    def rec(n, k, h=hidden, b=balance):
+        return {"n_experts": n, "top_k": k, "hidden": h, "balance": b, "moe_active": n * k,
+                "acc": 0.5 + n / 100}  # fmt: skip
+
+    records = [rec(8, 1), rec(1, 1), rec(4, 1), rec(8, 2), rec(1, 1, h=4 * hidden), rec(8, 1, b=0)]
+    ax = nb06_dynamic.plot_moe(records)
+    top1, top2, wide = ax.lines
+    assert list(top1.get_xdata()) == [1, 4, 8]  # sorted by experts; the other balance left out
+    assert list(top2.get_xdata()) == [16]
+    assert "4 experts' parameters" in wide.get_label()
+    plt.close(ax.figure)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from labkit import course, data, measure, models, prune, quant, ship, train
+from labkit import course, data, models, prune, quant, ship, train
 from labkit.course import nb08_capstone
 from labkit.grading.source import read_notebook
 from labkit.grading.workbook import release_notebook
@@ -243,40 +242,6 @@ def test_bad_input_gives_one_line_errors(tmp_path, tiny_inputs):
     _one_line(err)
 
 
-# --------------------------------------------------------------------------- energy and CO2
-
-
-def test_footprint_is_hand_arithmetic():
-    # one hour at 10 W is 10 Wh = 0.01 kWh; at 500 g CO2e per kWh that is 5 g
-    f = nb08_capstone.footprint(3600.0, watts=10.0, grid_g_per_kwh=500.0)
-    assert f["energy_j"] == pytest.approx(36_000.0) and f["energy_wh"] == pytest.approx(10.0)
-    assert f["co2_g"] == pytest.approx(5.0)
-    assert nb08_capstone.footprint(3600.0, watts=10.0, grid_g_per_kwh=500.0, pue=1.5)["co2_g"] == (
-        pytest.approx(7.5)
-    )
-    default = nb08_capstone.footprint(12.0)  # the stated assumptions: 15 W, 400 g/kWh, PUE 1
-    assert default["energy_j"] == pytest.approx(12.0 * 15.0)
-    assert default["co2_g"] == pytest.approx(12.0 * 15.0 / 3.6e6 * 400.0)
-    assert default["energy_j"] == pytest.approx(measure.energy_estimate_j(12_000.0))
-    # 1,000 predictions at 2 ms per batch of 4: 0.5 s busy
-    per_1000 = nb08_capstone.inference_footprint(2.0, batch_size=4, inferences=1000, watts=20.0)
-    assert per_1000["cpu_seconds"] == pytest.approx(0.5) and per_1000["energy_j"] == (
-        pytest.approx(10.0)
-    )
-    for bad in (
-        {"cpu_seconds": -1.0},
-        {"cpu_seconds": math.inf},
-        {"cpu_seconds": 1.0, "pue": 0.9},
-        {"cpu_seconds": 1.0, "grid_g_per_kwh": -1.0},
-        {"cpu_seconds": 1.0, "watts": -2.0},
-    ):
-        with pytest.raises(ValueError) as err:
-            nb08_capstone.footprint(**bad)
-        _one_line(err)
-    with pytest.raises(ValueError, match="batch_size"):
-        nb08_capstone.inference_footprint(1.0, batch_size=0)
-
-
 # --------------------------------------------------------------------------- labkit prepare
 
 
@@ -286,3 +251,21 @@ def test_prepare_has_a_step_after_the_models_it_reads():
     assert step.target == "labkit.course.nb08_capstone:prepare"
     for need in ("model:cnn1d/mnist1d", "model:mlp/mnist1d", "distill:transfer"):
         assert need in step.needs
+
+
+def test_plot_against_earlier_annotates_only_the_pipeline(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from labkit.course import nb08_methods
+
+    pruned = [{"method": "neurons removed (03)", "point": "50%", "acc": 0.9, "bytes": 1000}]
+    monkeypatch.setattr(nb08_methods, "pruning_points", lambda: pruned)
+    points = [
+        {"method": "pipeline (08)", "point": "int8", "acc": 0.95, "bytes": 3000},
+        {"method": "MLP scratch (02)", "point": "width 8", "acc": 0.7, "bytes": 9000},
+    ]
+    fig = nb08_methods.plot_against_earlier(points)
+    left, right = fig.axes
+    assert [t.get_text() for t in left.texts if t.get_text()] == ["int8"]
+    assert left.get_ylim() == (0.5, 1.0) and right.get_ylim() == (0.8, 1.0)
+    plt.close(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 
 import pytest
@@ -418,3 +419,34 @@ def test_summary_on_digits():
     assert 0.0 <= row["acc"] <= 1.0
     assert row["macs"] == measure.linear_macs(64, 32) + measure.linear_macs(32, 10)
     assert row["latency_ms"] > 0
+
+
+def test_footprint_is_hand_arithmetic():
+    # one hour at 10 W is 10 Wh = 0.01 kWh; at 500 g CO2e per kWh that is 5 g
+    f = measure.footprint(3600.0, watts=10.0, grid_g_per_kwh=500.0)
+    assert f["energy_j"] == pytest.approx(36_000.0) and f["energy_wh"] == pytest.approx(10.0)
+    assert f["co2_g"] == pytest.approx(5.0)
+    assert measure.footprint(3600.0, watts=10.0, grid_g_per_kwh=500.0, pue=1.5)["co2_g"] == (
+        pytest.approx(7.5)
+    )
+    default = measure.footprint(12.0)  # the stated assumptions: 15 W, 400 g/kWh, PUE 1
+    assert default["energy_j"] == pytest.approx(12.0 * 15.0)
+    assert default["co2_g"] == pytest.approx(12.0 * 15.0 / 3.6e6 * 400.0)
+    assert default["energy_j"] == pytest.approx(measure.energy_estimate_j(12_000.0))
+    # 1,000 predictions at 2 ms per batch of 4: 0.5 s busy
+    per_1000 = measure.inference_footprint(2.0, batch_size=4, inferences=1000, watts=20.0)
+    assert per_1000["cpu_seconds"] == pytest.approx(0.5) and per_1000["energy_j"] == (
+        pytest.approx(10.0)
+    )
+    for bad in (
+        {"cpu_seconds": -1.0},
+        {"cpu_seconds": math.inf},
+        {"cpu_seconds": 1.0, "pue": 0.9},
+        {"cpu_seconds": 1.0, "grid_g_per_kwh": -1.0},
+        {"cpu_seconds": 1.0, "watts": -2.0},
+    ):
+        with pytest.raises(ValueError) as err:
+            measure.footprint(**bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="batch_size"):
+        measure.inference_footprint(1.0, batch_size=0)

@@ -17,7 +17,10 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
 import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from labkit import dynamic, measure, sweep, utils
 from labkit.course import Step
@@ -34,6 +37,8 @@ __all__ = [
     "PARTS",
     "prepare",
     "steps",
+    "plot_exits",
+    "plot_moe",
 ]
 
 COURSE: dict[str, Any] = {
@@ -298,3 +303,70 @@ def steps() -> list[Step]:
         )
         for part, cost in costs
     ]
+
+
+# --------------------------------------------------------------------------- the notebook's figures
+
+
+def plot_exits(
+    report: Mapping[str, Any],
+    curve: Sequence[Mapping[str, Any]],
+    plain_macs: float,
+    title: str,
+) -> Figure:
+    """Left: the fraction of inputs leaving at each exit; right: the accuracy-vs-MACs ``curve``
+    (``dynamic.exit_report`` per threshold) with ``report``, one of them, marked and the plain
+    network's MACs as a dotted line. Example: ``plot_exits(report, curve, plain_macs, "max_prob")``
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fractions = report["exit_fraction"]
+    left.bar([f"exit {i + 1}" for i in range(len(fractions))], fractions, color="tab:blue")
+    for i, f in enumerate(fractions):
+        left.text(i, f + 0.02, f"{f:.0%}", ha="center")
+    left.set_ylim(0, 1.1)
+    left.set_ylabel("fraction of test signals")
+    left.set_title(title)
+    right.plot([c["macs"] for c in curve], [c["acc"] for c in curve], ".-", color="0.6")
+    right.plot([report["macs"]], [report["acc"]], "o", color="tab:red", markersize=9)
+    right.axvline(plain_macs, color="black", ls=":", lw=1, label="plain network")
+    right.set_xlabel("mean MACs per signal")
+    right.set_ylabel("test accuracy")
+    right.legend(fontsize=8, loc="lower right")
+    saved = 1 - report["macs"] / plain_macs
+    right.set_title(f"accuracy {report['acc']:.3f}, {report['macs']:.0f} MACs ({saved:.0%} saved)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_moe(records: Sequence[Mapping[str, Any]], hidden: int | None = None) -> Axes:
+    """MoE accuracy against the active parameters of the MoE layer: top-1 and top-2 lines over
+    the expert counts (experts of ``hidden`` units, default ``COURSE["moe_hidden"]``, trained with
+    the default balancing weight), and the wide dense layer as a square.
+    Example: ``plot_moe(course_results()["moe"])``
+    """
+    hidden = COURSE["moe_hidden"] if hidden is None else hidden
+    _, ax = plt.subplots(figsize=(7, 4))
+    for k, color in ((1, "tab:blue"), (2, "tab:orange")):
+        line = sweep.select(records, top_k=k, hidden=hidden, balance=COURSE["balance"])
+        line = sorted(line, key=lambda r: r["n_experts"])
+        xs, ys = [r["moe_active"] for r in line], [r["acc"] for r in line]
+        ax.plot(xs, ys, "o-", color=color, label=f"top-{k}")
+        for r in line:
+            ax.annotate(
+                f"E={r['n_experts']}",
+                (r["moe_active"], r["acc"]),
+                textcoords="offset points",
+                xytext=(6, -3),
+                fontsize=8,
+            )
+    for wide in sweep.select(records, n_experts=1, top_k=1):
+        if wide["hidden"] != hidden:
+            per = wide["hidden"] // hidden
+            label = f"dense, hidden {wide['hidden']} (= {per} experts' parameters)"
+            ax.plot(wide["moe_active"], wide["acc"], "s", color="black", label=label)
+    ax.set_xlabel("active parameters per token in the MoE layer (router + k experts)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    ax.set_title("MoE: quality vs active compute")
+    ax.figure.tight_layout()
+    return ax

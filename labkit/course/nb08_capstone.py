@@ -8,18 +8,16 @@ This module composes the technique modules for notebook 08:
   channel to 8 bits (``quant``, post-training) and to a few bits (quantization-aware training with
   the pruned weights held at zero). :func:`pipeline` trains once and caches the weights; every
   stage is measured on its shipped file (:mod:`labkit.ship`) read back.
-* **The other methods** (:func:`earlier_points`, :func:`pruning_points`): the single methods of
-  notebooks 02-06, read from their cached sweeps, in the same shipped-file bytes.
+* **The other methods** (:mod:`labkit.course.nb08_methods`): the single methods of notebooks
+  02-06, read from their cached sweeps, in the same shipped-file bytes.
 * **The challenge** (:func:`check`): the size of a submitted file on disk and the accuracy of
   the model loaded back from it on MNIST-1D's validation split, against :data:`CHALLENGE`.
   Grading evaluates the same file on the test split (passed to :func:`check` as ``heldout``).
-* **Sustainability** (:func:`footprint`): ESTIMATED energy and CO2 from measured CPU time, with
-  the assumptions (:data:`ASSUMPTIONS`) as parameters.
 
 Example:
     >>> from labkit.course import nb08_capstone
-    >>> nb08_capstone.footprint(3600.0, watts=10.0, grid_g_per_kwh=500.0)["co2_g"]
-    5.0
+    >>> nb08_capstone.STAGES
+    ('fp32', 'distilled', 'pruned', 'int8', 'lowbit')
 """
 
 from __future__ import annotations
@@ -36,9 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from labkit import data, distill, measure, models, prune, quant, ship, sweep, train, utils
-from labkit.course import Step, nb02_distillation, nb03_pruning, nb06_dynamic
-from labkit.quant import lowbit
+from labkit import data, distill, measure, models, prune, quant, ship, train, utils
+from labkit.course import Step, nb02_distillation
 from labkit.utils import check_choice, check_fraction, check_int, check_number
 
 __all__ = [
@@ -46,7 +43,6 @@ __all__ = [
     "TEACHER",
     "STAGES",
     "CHALLENGE",
-    "ASSUMPTIONS",
     "TRANSFER",
     "VERSION",
     "PipelineConfig",
@@ -54,14 +50,9 @@ __all__ = [
     "train_stages",
     "pipeline",
     "stage_records",
-    "single_methods",
-    "earlier_points",
-    "pruning_points",
     "int8_kernels",
     "latency",
     "check",
-    "footprint",
-    "inference_footprint",
     "prepare",
     "steps",
 ]
@@ -80,9 +71,6 @@ when it is graded. The teacher as it is fails it: its file is several times the 
 sits a little below the teacher's accuracy on either split (its validation accuracy is a little
 below its test accuracy), so a model as accurate as the teacher passes both."""
 
-ASSUMPTIONS = MappingProxyType({"watts": 15.0, "grid_g_per_kwh": 400.0, "pue": 1.0})
-"""The energy estimate's assumptions: a laptop CPU package drawing 15 W whenever it computes,
-electricity at 400 g CO2e per kWh (a mid-range grid mix), no data-centre overhead (PUE 1)."""
 
 TRANSFER = nb02_distillation.TRANSFER
 """Notebook 02's transfer set, which the distilled student learns from."""
@@ -306,101 +294,6 @@ def stage_records(pipe: Pipeline, ds: Any, stages: Sequence[str] = STAGES) -> li
     return rows
 
 
-# --------------------------------------------------------------------------- the other methods
-
-
-def _method_point(method: str, bits: int) -> dict[str, Any]:
-    """One single method on MNIST-1D: ``ptq`` (notebook 04: per-channel weight quantization of
-    the teacher) or ``rtn`` (notebook 05: group-wise round-to-nearest, groups of 64, of the zoo
-    MLP). Accuracy, bytes and MACs of the shipped model."""
-    ds = data.load(DATASET)
-    if method == "ptq":
-        model = quant.quantize(models.pretrained(*TEACHER), _qconfig(bits))
-    else:
-        config = lowbit.LowBitConfig(bits=bits, group_size=64)
-        model = lowbit.quantize(models.pretrained("mlp", DATASET), config)
-    payload = ship.to_bytes(model)
-    shipped = ship.from_bytes(payload)
-    return {
-        "acc": train.evaluate(shipped, ds, device="cpu")["acc"],
-        "bytes": len(payload),
-        "macs": measure.macs(shipped, ds.X_test[:1]),
-        "arch": _arch(shipped),
-    }
-
-
-def single_methods(progress: bool | None = None) -> list[dict]:
-    """Post-training quantization alone on MNIST-1D, as notebooks 04 and 05 apply it (no
-    training, so cheap): the teacher per channel at 8, 6, 5, 4, 3 bits and the zoo MLP group-wise
-    at 4, 3, 2 bits. Cached as sweep ``08-capstone-methods`` (``labkit prepare`` fills it).
-    Example: ``sweep.to_table(single_methods())``
-    """
-    points = [{"method": "ptq", "bits": b} for b in (8, 6, 5, 4, 3)]
-    points += [{"method": "rtn", "bits": b} for b in (4, 3, 2)]
-    version = f"{VERSION}-{models.cache_key(*TEACHER)}-{models.cache_key('mlp', DATASET)}"
-    return sweep.run(
-        _method_point, points, name="08-capstone-methods", version=version, progress=progress
-    )
-
-
-def _architecture_bytes(name: str, widths: Sequence[int]) -> tuple[int, str]:
-    """Shipped bytes of a dense fp32 model of that shape (its size does not depend on the
-    values: no weight of a trained dense model is exactly zero), and its ``arch`` string."""
-    arch = f"{name} {'-'.join(str(int(w)) for w in widths)}"
-    return len(ship.to_bytes(_build_arch(arch))), arch
-
-
-def _point(method: str, point: str, acc: float, size: int, **extra: Any) -> dict[str, Any]:
-    return {"method": method, "point": point, "acc": acc, "bytes": size, **extra}
-
-
-def earlier_points(progress: bool | None = None) -> list[dict]:
-    """Every single method of the earlier notebooks that was measured on MNIST-1D, as records
-    ``method, point, acc, bytes, macs, arch``: the MLP students of notebook 02 (scratch and
-    distilled, per width), the static and slimmable CNN widths of notebook 06, and
-    :func:`single_methods`. Accuracies come from the cached sweeps (nothing is retrained when
-    ``labkit prepare`` has run); bytes are those of the shipped file, like the pipeline's.
-    Example: ``plots.accuracy_vs_size(earlier_points(), hue="method")``
-    """
-    out = []
-    for r in nb02_distillation.mnist1d_sweep(nb02_distillation.course_points()["width"], progress):
-        size, arch = _architecture_bytes("mlp", [r["width"]])
-        method = "MLP distilled (02)" if r["method"] == "transfer_soft" else "MLP scratch (02)"
-        out.append(_point(method, f"width {r['width']}", r["acc"], size, macs=r["macs"], arch=arch))
-    for r in nb06_dynamic.course_results(progress=progress)["width"]:
-        size, arch = _architecture_bytes("cnn1d", r["channels"])
-        method, point = f"CNN {r['method']} width (06)", f"{r['width']:.0%}"
-        out.append(_point(method, point, r["acc"], size, macs=r["macs"], arch=arch))
-    names = {"ptq": "CNN teacher, PTQ (04)", "rtn": "MLP, low-bit RTN (05)"}
-    for r in single_methods(progress):
-        method, point = names[r["method"]], f"{r['bits']} bits"
-        out.append(_point(method, point, r["acc"], r["bytes"], macs=r["macs"], arch=r["arch"]))
-    return out
-
-
-def pruning_points() -> list[dict]:
-    """Notebook 03's pruning sweeps, which ran on digits (not MNIST-1D), read from their cache:
-    the MLP pruned globally and fine-tuned (sparse bytes, mean of the seeds) and with whole
-    neurons removed (dense bytes), as records ``method, point, acc, bytes``.
-    Example: ``plots.accuracy_vs_size(pruning_points(), hue="method")``
-    """
-    points = nb03_pruning.course_points()
-    unstructured = nb03_pruning.unstructured_sweep(points["unstructured"])
-    unstructured = sweep.mean_std(unstructured, ["scope", "amount"], ["acc", "bytes_auto"])
-    structured = nb03_pruning.structured_sweep(points["structured"])
-    structured = sweep.mean_std(structured, "amount", ["acc", "bytes"])
-    out = [
-        _point("unstructured, global (03)", f"{r['amount']:.0%}", r["acc"], r["bytes_auto"])
-        for r in unstructured
-        if r["scope"] == "global"
-    ]
-    out += [
-        _point("neurons removed (03)", f"{r['amount']:.0%}", r["acc"], r["bytes"])
-        for r in structured
-    ]
-    return out
-
-
 # --------------------------------------------------------------------------- latency
 
 
@@ -488,47 +381,6 @@ def check(
     }
 
 
-# --------------------------------------------------------------------------- energy and CO2
-
-
-def footprint(
-    cpu_seconds: float,
-    *,
-    watts: float = ASSUMPTIONS["watts"],
-    grid_g_per_kwh: float = ASSUMPTIONS["grid_g_per_kwh"],
-    pue: float = ASSUMPTIONS["pue"],
-) -> dict[str, float]:
-    """ESTIMATED energy and emissions of ``cpu_seconds`` of computing: ``energy_j = seconds x
-    watts x pue`` (``measure.energy_estimate_j``: constant power while busy, none when idle),
-    ``energy_wh = energy_j / 3600``, ``co2_g = energy_j / 3.6e6 x grid_g_per_kwh``. A comparison
-    of variants on one machine, never a measurement. Example: ``footprint(12.0)["co2_g"]``
-    """
-    seconds = check_number("cpu_seconds", cpu_seconds, minimum=0.0)
-    grid = check_number("grid_g_per_kwh", grid_g_per_kwh, minimum=0.0)
-    pue = check_number("pue", pue, minimum=1.0)
-    energy_j = measure.energy_estimate_j(seconds * 1000.0, watts) * pue
-    return {
-        "cpu_seconds": seconds,
-        "energy_j": energy_j,
-        "energy_wh": energy_j / 3600.0,
-        "co2_g": energy_j / 3.6e6 * grid,
-    }
-
-
-def inference_footprint(
-    latency_ms: float, batch_size: int = 1, inferences: int = 1000, **assumptions: float
-) -> dict[str, float]:
-    """:func:`footprint` of ``inferences`` predictions at a measured ``latency_ms`` per batch of
-    ``batch_size``: ``latency_ms / 1000 x inferences / batch_size`` busy seconds.
-    Example: ``inference_footprint(2.5, batch_size=256)["energy_j"]  # per 1,000 predictions``
-    """
-    latency_ms = check_number("latency_ms", latency_ms, minimum=0.0)
-    batch_size = check_int("batch_size", batch_size, minimum=1)
-    inferences = check_int("inferences", inferences, minimum=1)
-    busy = latency_ms / 1000.0 * inferences / batch_size
-    return {**footprint(busy, **assumptions), "inferences": inferences}
-
-
 # --------------------------------------------------------------------------- labkit prepare
 
 
@@ -537,6 +389,8 @@ def prepare(progress: bool | None = None) -> dict[str, Any]:
     records; part of ``labkit prepare``.
     Example: ``prepare()["cpu_seconds"]``
     """
+    from labkit.course.nb08_methods import single_methods  # it reads this module's helpers
+
     pipe = pipeline(progress=progress)
     return {"cpu_seconds": pipe.cpu_seconds, "single_methods": len(single_methods(progress))}
 

@@ -31,6 +31,12 @@ from labkit.measure.compute import (
     macs,
     macs_by_hand,
 )
+from labkit.measure.energy import (
+    ENERGY_ASSUMPTIONS,
+    energy_estimate_j,
+    footprint,
+    inference_footprint,
+)
 from labkit.measure.report import summary
 from labkit.measure.size import (
     bytes_report,
@@ -43,7 +49,6 @@ from labkit.measure.size import (
 from labkit.measure.timing import (
     best_fp32_baseline,
     compare_latency,
-    energy_estimate_j,
     latency,
 )
 
@@ -67,4 +72,7 @@ __all__ = [
     "best_fp32_baseline",
     "summary",
     "energy_estimate_j",
+    "ENERGY_ASSUMPTIONS",
+    "footprint",
+    "inference_footprint",
 ]

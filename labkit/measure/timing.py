@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from labkit.measure.compute import Inputs, _as_args, _eval_mode
-from labkit.utils import check_choice, check_int, check_number, num_threads
+from labkit.utils import check_choice, check_int, num_threads
 
 # --------------------------------------------------------------------------- latency
 
@@ -228,16 +228,3 @@ def best_fp32_baseline(
     )
     best = min(results, key=lambda n: results[n]["median_ms"])
     return best, {**results[best], "layouts": {n: r["median_ms"] for n, r in results.items()}}
-
-
-def energy_estimate_j(latency_ms: float, watts: float = 15.0) -> float:
-    """ESTIMATED energy per call in joules: ``latency_ms / 1000 × watts``.
-
-    Assumes the device draws a constant ``watts`` for the whole call (15 W ≈ a laptop CPU package
-    under load) and nothing when idle. Real power depends on the chip, the clock and the work; use
-    this to compare variants on one machine, never as a measurement.
-
-    Example: ``energy_estimate_j(2.0)  # 0.03 J``
-    """
-    latency_ms = check_number("latency_ms", latency_ms, minimum=0)
-    return latency_ms / 1000.0 * check_number("watts", watts, minimum=0)
