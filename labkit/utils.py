@@ -48,6 +48,7 @@ __all__ = [
     "sha256_file",
     "stable_hash",
     "json_default",
+    "ArgumentTypeError",
     "check_choice",
     "check_int",
     "check_number",
@@ -261,6 +262,22 @@ def json_default(obj: Any) -> Any:
 # --------------------------------------------------------------------------- argument checks
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """A parameter of the wrong type (a string where a number belongs).
+
+    A ``TypeError``, as Python's convention asks, and also a ``ValueError`` like every other bad
+    argument labkit refuses, so one ``except ValueError`` still catches them all (numpy's
+    ``AxisError`` is both a ``ValueError`` and an ``IndexError`` for the same reason).
+
+    Example:
+        >>> try:
+        ...     check_int("seed", "0")
+        ... except TypeError as err:
+        ...     print(err)
+        seed must be an integer; got '0' (a str)
+    """
+
+
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
     """Return ``value`` if it is one of ``allowed``, else raise a one-line ValueError naming both.
 
@@ -275,9 +292,13 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
 def check_int(
     name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
-    """Return ``value`` if it is an int within [minimum, maximum], else a one-line ValueError."""
+    """Return ``value`` if it is an int within [minimum, maximum], else a one-line ValueError
+    (:class:`ArgumentTypeError`, also a TypeError, when it is not an integer at all)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer{_range(minimum, maximum)}; got {value!r}")
+        raise ArgumentTypeError(
+            f"{name} must be an integer{_range(minimum, maximum)}; got {value!r}"
+            f" (a {type(value).__name__})"
+        )
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be an integer{_range(minimum, maximum)}; got {value!r}")
     return int(value)
@@ -294,7 +315,8 @@ def check_number(
 ) -> float:
     """Return ``value`` as a float if it is a finite real number within the bounds (``min_open`` /
     ``max_open``: the bound itself excluded), else a one-line ValueError naming ``name`` and the
-    allowed range. Example: ``check_number("lr", 0.01, minimum=0, min_open=True)  # 0.01``
+    allowed range (:class:`ArgumentTypeError`, also a TypeError, when it is not a real number).
+    Example: ``check_number("lr", 0.01, minimum=0, min_open=True)  # 0.01``
     """
     real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     ok = real and math.isfinite(value)
@@ -312,6 +334,9 @@ def check_number(
             allowed = f" {'<' if max_open else '<='} {maximum:g}"
         else:
             allowed = " (finite)"
+        if not real:
+            got = f"{value!r} (a {type(value).__name__})"
+            raise ArgumentTypeError(f"{name} must be a number{allowed}; got {got}")
         raise ValueError(f"{name} must be a number{allowed}; got {value!r}")
     return float(value)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import labkit
 from labkit import utils
 
 
@@ -134,7 +135,10 @@ def test_stable_hash_is_order_independent_and_sensitive():
             r"^wd must be a number >= 0; got -1e-09$",
         ),
         (lambda: utils.check_number("lr", True, minimum=0), "lr must be a number"),
-        (lambda: utils.check_number("lr", "0.1"), r"^lr must be a number \(finite\); got '0.1'$"),
+        (
+            lambda: utils.check_number("lr", "0.1"),
+            r"^lr must be a number \(finite\); got '0.1' \(a str\)$",
+        ),
         (lambda: utils.check_number("x", float("nan")), r"x must be a number \(finite\)"),
         (lambda: utils.check_number("x", float("inf"), minimum=0), "x must be a number >= 0"),
         (
@@ -148,6 +152,37 @@ def test_checks_give_one_line_errors(call, match):
     with pytest.raises(ValueError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: utils.check_int("threads", 2.5, minimum=1),
+        lambda: utils.check_int("seed", "0"),
+        lambda: utils.check_int("seed", True),
+        lambda: utils.check_number("lr", "0.1"),
+        lambda: utils.check_number("lr", None, minimum=0),
+        lambda: utils.check_fraction("amount", [0.5]),
+    ],
+)
+def test_a_wrong_type_is_a_type_error_that_is_also_a_value_error(call):
+    with pytest.raises(TypeError) as info:
+        call()
+    assert isinstance(info.value, ValueError) and isinstance(info.value, utils.ArgumentTypeError)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: utils.check_int("n", 0, minimum=1),
+        lambda: utils.check_number("x", float("nan")),
+        lambda: utils.check_fraction("amount", 1.5),
+    ],
+)
+def test_a_value_out_of_range_is_a_plain_value_error(call):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert not isinstance(info.value, TypeError)
 
 
 def test_check_number_accepts_the_bounds_it_allows():
@@ -198,3 +233,20 @@ def test_save_verified_round_trip_and_tamper_detection(tmp_path):
     (tmp_path / "obj.pt.json").unlink()
     with pytest.raises(FileNotFoundError):
         utils.load_verified(path)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: labkit.sweep.run(dict, [{"a": 1}], name="t", version=1.5), "version"),
+        (lambda: labkit.sweep.to_table("not records"), "records"),
+        (lambda: labkit.sweep.to_table([{"a": 1}], floatfmt=3), "floatfmt"),
+        (lambda: labkit.data.load("digits", download="yes"), "download"),
+        (lambda: labkit.prune.to_sparse_bytes([1.0, 2.0]), "tensor"),
+        (lambda: labkit.models.register("x", "digits", "recipe"), "recipe"),
+    ],
+)
+def test_wrong_types_across_labkit_are_type_errors_naming_the_parameter(call, name):
+    with pytest.raises(TypeError, match=name) as info:
+        call()
+    assert "\n" not in str(info.value)

@@ -133,7 +133,7 @@ class TextData:
         Example: ``text.encode("if")  # tensor([..., ...])``
         """
         if not isinstance(text, str):
-            raise ValueError(f"text must be a str; got {type(text).__name__}")
+            raise utils.ArgumentTypeError(f"text must be a str; got {type(text).__name__}")
         return torch.from_numpy(_encode(text, self._codepoints))
 
     def decode(self, ids: Tensor | Sequence[int]) -> str:

@@ -47,7 +47,7 @@ def load(
     if root is not None and not isinstance(root, (str, os.PathLike)):
         raise ValueError(f"root must be a folder path (str or Path) or None; got {root!r}")
     if not isinstance(download, bool):
-        raise ValueError(f"download must be True or False; got {download!r}")
+        raise utils.ArgumentTypeError(f"download must be True or False; got {download!r}")
 
     if name == "pydoc":
         if num_samples is not None:

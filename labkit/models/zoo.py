@@ -23,7 +23,7 @@ from torch import nn
 from labkit import utils
 from labkit.models.configs import CONFIGS, _set
 from labkit.models.factory import _from_config
-from labkit.utils import check_choice, check_int, check_number
+from labkit.utils import ArgumentTypeError, check_choice, check_int, check_number
 
 # --------------------------------------------------------------------------- pretrained cache
 
@@ -96,7 +96,7 @@ def register(name: str, dataset: str, recipe: Recipe) -> None:
     if not isinstance(dataset, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", dataset):
         raise ValueError(f"dataset must be a dataset name such as 'digits'; got {dataset!r}")
     if not isinstance(recipe, Recipe):
-        raise ValueError(f"recipe must be a Recipe; got {type(recipe).__name__}")
+        raise ArgumentTypeError(f"recipe must be a Recipe; got {type(recipe).__name__}")
     RECIPES[(name, dataset)] = recipe
 
 

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from labkit.utils import check_choice
+from labkit.utils import ArgumentTypeError, check_choice
 
 __all__ = [
     "FORMATS",
@@ -105,7 +105,7 @@ def to_sparse_bytes(
     """
     check_choice("format", format, FORMATS)
     if not isinstance(tensor, Tensor):
-        raise ValueError(f"tensor must be a torch.Tensor; got {type(tensor).__name__}")
+        raise ArgumentTypeError(f"tensor must be a torch.Tensor; got {type(tensor).__name__}")
     check_choice("tensor dtype", tensor.dtype, _DTYPES)
     t = tensor.detach().cpu().contiguous()
     shape = tuple(t.shape)

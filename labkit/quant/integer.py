@@ -58,7 +58,7 @@ from labkit.quant.fixedpoint import (
     rounding_divide_by_pot,
     saturating_rounding_doubling_high_mul,
 )
-from labkit.utils import check_choice, check_int
+from labkit.utils import ArgumentTypeError, check_choice, check_int
 
 __all__ = [
     "INT32_MIN",
@@ -426,7 +426,7 @@ def torch_ao_reference(model: IntegerModel, backend: str = "fbgemm") -> nn.Modul
     from labkit.quant.int8 import quiet
 
     if not isinstance(model, IntegerModel):
-        raise ValueError(f"model must be an IntegerModel; got {type(model).__name__}")
+        raise ArgumentTypeError(f"model must be an IntegerModel; got {type(model).__name__}")
     check_choice("backend", backend, tuple(torch.backends.quantized.supported_engines))
     with quiet():
         import torch.ao.nn.intrinsic.quantized as nniq

@@ -52,7 +52,7 @@ from labkit.quant.codes import (
     ternarize,
 )
 from labkit.quant.packing import pack_bits, unpack_bits
-from labkit.utils import check_choice, check_int
+from labkit.utils import ArgumentTypeError, check_choice, check_int
 
 __all__ = [
     "METHODS",
@@ -277,7 +277,7 @@ def quantize_(model: nn.Module, config: LowBitConfig | None = None, calib: Any =
     """
     config = LowBitConfig() if config is None else config
     if not isinstance(config, LowBitConfig):
-        raise ValueError(f"config must be a LowBitConfig; got {type(config).__name__}")
+        raise ArgumentTypeError(f"config must be a LowBitConfig; got {type(config).__name__}")
     if config.method == "gptq" and not torch.is_tensor(calib):
         raise ValueError("calib must be a tensor of model inputs when method='gptq'")
     model.eval()

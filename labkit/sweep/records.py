@@ -135,11 +135,13 @@ def to_table(
     if columns is None:
         columns = record_keys(records)
     elif isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
-        raise ValueError(f"columns must be a list of record keys; got {columns!r}")
+        raise utils.ArgumentTypeError(f"columns must be a list of record keys; got {columns!r}")
     if not columns:
         return "(no records)"
     if not isinstance(floatfmt, (str, Mapping)):
-        raise ValueError(f"floatfmt must be a format spec like '.4g' or a dict; got {floatfmt!r}")
+        raise utils.ArgumentTypeError(
+            f"floatfmt must be a format spec like '.4g' or a dict; got {floatfmt!r}"
+        )
 
     def fmt(col: str, value: Any) -> str:
         if isinstance(value, float):
@@ -208,11 +210,13 @@ def mean_std(
 def check_records(records: Any) -> list[Mapping[str, Any]]:
     """``records`` as a list of dicts, or a one-line ValueError (sweep, plot, widget input)."""
     if isinstance(records, (Mapping, str, bytes)) or not isinstance(records, Iterable):
-        raise ValueError(f"records must be a list of dicts; got {type(records).__name__}")
+        raise utils.ArgumentTypeError(
+            f"records must be a list of dicts; got {type(records).__name__}"
+        )
     records = list(records)
     for rec in records:
         if not isinstance(rec, Mapping):
-            raise ValueError(f"records must be a list of dicts; got an item {rec!r}")
+            raise utils.ArgumentTypeError(f"records must be a list of dicts; got an item {rec!r}")
     return records
 
 
@@ -225,7 +229,7 @@ def check_keys(records: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> Non
     """Raise a one-line ValueError unless every record has every key in ``keys``."""
     for key in keys:
         if not isinstance(key, str):
-            raise ValueError(f"keys must be str record keys; got {key!r}")
+            raise utils.ArgumentTypeError(f"keys must be str record keys; got {key!r}")
         missing = sum(key not in rec for rec in records)
         if missing:
             raise ValueError(

@@ -88,7 +88,7 @@ def run(
             f"got {name!r}"
         )
     if isinstance(version, bool) or not isinstance(version, (int, str)):
-        raise ValueError(f"version must be an int or a str; got {version!r}")
+        raise utils.ArgumentTypeError(f"version must be an int or a str; got {version!r}")
     points = _check_points(points)
     utils.check_int("jobs", jobs, minimum=1)
     if jobs > 1:
@@ -193,17 +193,17 @@ def clear_cache(name: str | None = None) -> int:
 def _check_points(points: Iterable[Mapping[str, Any]]) -> list[dict]:
     bad = f"points must be a list of dicts, e.g. grid(width=[16, 32]); got {type(points).__name__}"
     if isinstance(points, (Mapping, str, bytes)) or not isinstance(points, Iterable):
-        raise ValueError(bad)
+        raise utils.ArgumentTypeError(bad)
     out = list(points)
     for point in out:
         if not isinstance(point, Mapping) or not all(isinstance(k, str) for k in point):
-            raise ValueError(f"points must be dicts with str keys; got {point!r}")
+            raise utils.ArgumentTypeError(f"points must be dicts with str keys; got {point!r}")
     return [dict(p) for p in out]
 
 
 def _check_result(result: Any, point: Mapping[str, Any]) -> dict:
     if not isinstance(result, Mapping):
-        raise ValueError(
+        raise utils.ArgumentTypeError(
             f"fn must return a dict of JSON-able scalars/lists; got {type(result).__name__}"
         )
     clash = [k for k in result if k in point]
@@ -214,7 +214,7 @@ def _check_result(result: Any, point: Mapping[str, Any]) -> dict:
     out = {}
     for key, value in result.items():
         if not isinstance(key, str):
-            raise ValueError(f"fn's result keys must be str; got {key!r}")
+            raise utils.ArgumentTypeError(f"fn's result keys must be str; got {key!r}")
         out[key] = _jsonable(value, key)
     return out
 
