@@ -182,8 +182,8 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     with utils.seeded(seed, dev), utils.on_device(model, dev, training=True):
         opt = _optimizer(model, optimizer, lr, weight_decay)
-        steps = num_epochs * _num_batches(train_source, batch_size)
-        sched = _scheduler(opt, schedule, steps, warmup_steps)
+        num_steps = num_epochs * _num_batches(train_source, batch_size)
+        sched = _scheduler(opt, schedule, num_steps, warmup_steps)
         for epoch in _progress(range(num_epochs), progress, desc="fit", unit="epoch"):
             model.train()
             total, count = 0.0, 0
@@ -289,7 +289,7 @@ def fit_lm(
     model: nn.Module,
     text: Any,
     *,
-    steps: int = 1000,
+    num_steps: int = 1000,
     batch_size: int = 32,
     block_size: int | None = None,
     lr: float = 3e-3,
@@ -305,7 +305,7 @@ def fit_lm(
     progress: bool | None = None,
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
 ) -> History:
-    """Train a next-character model ``(B, T) ids -> (B, T, V) logits`` on ``text`` for ``steps``.
+    """Train a next-character model ``(B, T) ids -> (B, T, V) logits`` for ``num_steps`` steps.
 
     Batches are random windows from ``text.get_batch`` (seeded generator). Every ``eval_every``
     steps (default: 10 times per run, and at the end) History gets the mean train loss since the
@@ -314,10 +314,10 @@ def fit_lm(
     warm-up before the schedule (0: none). ``loss_fn(model, x, y)``: one batch's training loss
     (default: next-character cross-entropy; ``distill.distill_lm`` passes its distillation loss);
     validation always reports cross-entropy.
-    Example: ``history = fit_lm(models.build("gpt", vocab_size=text.vocab_size), text, steps=500)``
+    Example: ``fit_lm(models.build("gpt", vocab_size=text.vocab_size), text, num_steps=500)``
     """
     _check_text(text)
-    steps = check_int("steps", steps, minimum=1)
+    num_steps = check_int("num_steps", num_steps, minimum=1)
     check_int("batch_size", batch_size, minimum=1)
     block_size = _block_size(model, block_size)
     lr = check_number("lr", lr, minimum=0, min_open=True)
@@ -328,7 +328,7 @@ def fit_lm(
     if grad_clip is not None:
         grad_clip = check_number("grad_clip", grad_clip, minimum=0, min_open=True)
     check_int("seed", seed, minimum=0)
-    eval_every = max(1, steps // 10) if eval_every is None else eval_every
+    eval_every = max(1, num_steps // 10) if eval_every is None else eval_every
     check_int("eval_every", eval_every, minimum=1)
     check_int("eval_batches", eval_batches, minimum=1)
     dev = utils.get_device(device)
@@ -338,9 +338,9 @@ def fit_lm(
     generator = torch.Generator().manual_seed(seed)
     with utils.seeded(seed, dev), utils.on_device(model, dev, training=True):
         opt = _optimizer(model, optimizer, lr, weight_decay)
-        sched = _scheduler(opt, schedule, steps, warmup_steps)
+        sched = _scheduler(opt, schedule, num_steps, warmup_steps)
         total, count = 0.0, 0
-        for step in _progress(range(1, steps + 1), progress, desc="fit_lm", unit="step"):
+        for step in _progress(range(1, num_steps + 1), progress, desc="fit_lm", unit="step"):
             x, y = text.get_batch("train", batch_size, block_size, generator=generator)  # (B, T)
             x, y = x.to(dev), y.to(dev)
             loss = (loss_fn or next_char_loss)(model, x, y)
@@ -351,7 +351,7 @@ def fit_lm(
             opt.step()
             sched.step()
             total, count = total + loss.item(), count + 1
-            if step % eval_every == 0 or step == steps:
+            if step % eval_every == 0 or step == num_steps:
                 history.train_loss.append(total / count)
                 history.steps.append(step)
                 total, count = 0.0, 0

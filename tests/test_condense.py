@@ -325,14 +325,14 @@ def _mean_dm_loss(X, y, X_s, y_s, nets: int = 8) -> float:
 
 def test_distribution_matching_lowers_the_loss_under_unseen_random_networks():
     X, y = _images(per_class=10)
-    X0, y0 = condense.distribution_matching(X, y, 2, iterations=0, seed=0)
-    X_s, y_s = condense.distribution_matching(X, y, 2, iterations=30, width=8, seed=0)
+    X0, y0 = condense.distribution_matching(X, y, 2, num_iters=0, seed=0)
+    X_s, y_s = condense.distribution_matching(X, y, 2, num_iters=30, width=8, seed=0)
     assert torch.equal(y_s, y0) and X_s.shape == (6, 1, 8, 8)
     assert float(X_s.min()) >= float(X.min()) and float(X_s.max()) <= float(X.max())
     assert _mean_dm_loss(X, y, X_s, y_s) < 0.5 * _mean_dm_loss(X, y, X0, y0)
-    again, _ = condense.distribution_matching(X, y, 2, iterations=30, width=8, seed=0)
+    again, _ = condense.distribution_matching(X, y, 2, num_iters=30, width=8, seed=0)
     assert torch.equal(again, X_s)
-    shifted, _ = condense.distribution_matching(X, y, 2, iterations=5, width=8, augment=1)
+    shifted, _ = condense.distribution_matching(X, y, 2, num_iters=5, width=8, augment=1)
     assert shifted.shape == X_s.shape
 
 
@@ -355,8 +355,8 @@ def test_gm_distance_is_one_minus_cosine_per_output_row():
 
 def test_gradient_matching_aligns_the_gradients_it_matches():
     X, y = _images(per_class=10, seed=1)
-    params = dict(iterations=6, outer_loop=2, inner_loop=1, width=8, batch_real=10, lr=0.1)
-    X0, y0 = condense.gradient_matching(X, y, 1, **{**params, "iterations": 0})
+    params = dict(num_iters=6, outer_loop=2, inner_loop=1, width=8, batch_real=10, lr=0.1)
+    X0, y0 = condense.gradient_matching(X, y, 1, **{**params, "num_iters": 0})
     X_s, y_s = condense.gradient_matching(X, y, 1, **params)
     assert torch.equal(y_s, y0) and X_s.shape == (3, 1, 8, 8)
 
@@ -400,7 +400,7 @@ def test_condense_dispatches_to_each_method():
     with pytest.raises(ValueError, match="ipc must be 1 for method 'means'"):
         condense.condense("means", X, y, 2)
     with pytest.raises(ValueError, match="options are only for"):
-        condense.condense("random", X, y, 2, iterations=3)
+        condense.condense("random", X, y, 2, num_iters=3)
 
 
 # --------------------------------------------------------------------------- evaluation

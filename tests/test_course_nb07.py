@@ -78,7 +78,7 @@ def test_notebook_07_learns_dm_with_the_course_recipe():
         if "condense.distribution_matching(" in line
     ]
     assert calls
-    for line in calls:  # either the untrained start (iterations=0) or the course recipe
-        assert "iterations=0" in line or "**DM" in line, line
-    typed = f"{experiments.COURSE['dm']['iterations']} iterations"
+    for line in calls:  # either the untrained start (num_iters=0) or the course recipe
+        assert "num_iters=0" in line or "**DM" in line, line
+    typed = f"{experiments.COURSE['dm']['num_iters']} iterations"
     assert not any(typed in c.source for c in nb.cells if c.cell_type == "markdown")

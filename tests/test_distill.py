@@ -422,13 +422,13 @@ class _Text:
 
 def test_distill_lm_is_seeded_and_lowers_the_loss():
     teacher, text = _gpt(n_layer=2), _Text()
-    train.fit_lm(teacher, text, steps=60, batch_size=8, progress=False)
+    train.fit_lm(teacher, text, num_steps=60, batch_size=8, progress=False)
     states = []
     for _ in range(2):
         student = distill.init_from_teacher(teacher, [0])
         start = train.evaluate_lm(student, text)["loss"]
         hist = distill.distill_lm(
-            student, teacher, text, steps=20, batch_size=8, attention_weight=1.0, progress=False
+            student, teacher, text, num_steps=20, batch_size=8, attention_weight=1.0, progress=False
         )
         states.append(student.state_dict())
     assert hist.val_loss[-1] < start and len(hist.steps) == 10

@@ -418,7 +418,7 @@ def test_gpt_entries_are_sized_for_the_pydoc_vocabulary():
         recipe = models.RECIPES[entry]
         assert type(recipe.config) is models.GPTConfig, entry
         assert recipe.config.vocab_size == vocab, entry
-        assert recipe.steps is not None, entry  # text entries train by steps (fit_lm)
+        assert recipe.num_steps is not None, entry  # text entries train by steps (fit_lm)
     if models.is_cached("gpt", "pydoc"):  # the cached weights agree with the registry
         gpt = models.pretrained("gpt", "pydoc")
         assert gpt.transformer.wte.weight.shape == (vocab, gpt.config.n_embd)
@@ -437,10 +437,11 @@ def test_gpt_width_entries_differ_only_in_width():
         same_shape = dataclasses.replace(recipe.config, n_embd=64, n_head=base.config.n_head)
         assert same_shape == base.config, width
     main = models.RECIPES[("gpt", "pydoc")]  # the main GPT: the width-64 model, trained longer
-    assert main.config == base.config and main.steps > base.steps
+    assert main.config == base.config and main.num_steps > base.num_steps
     # the same recipe, longer: the warm-up is the same tenth of the run
-    assert main.warmup_steps * base.steps == base.warmup_steps * main.steps
-    assert dataclasses.replace(main, steps=base.steps, warmup_steps=base.warmup_steps) == base
+    assert main.warmup_steps * base.num_steps == base.warmup_steps * main.num_steps
+    same = dataclasses.replace(main, num_steps=base.num_steps, warmup_steps=base.warmup_steps)
+    assert same == base
 
 
 def test_vit_digits_entry_has_the_shape_of_the_digits_data():
@@ -470,7 +471,7 @@ def _recipe_variants(recipe):
     changes = {
         "optimizer": "sgd" if recipe.optimizer != "sgd" else "adam",
         "schedule": "cosine" if recipe.schedule != "cosine" else "constant",
-        "steps": (recipe.steps or 1000) + 1,
+        "num_steps": (recipe.num_steps or 1000) + 1,
         "data_args": {**dict(recipe.data_args), "seed": 7},
     }
     for field in ("num_epochs", "lr", "batch_size", "weight_decay", "seed"):

@@ -186,7 +186,7 @@ def test_fit_lm_beats_the_unigram_entropy():
     text = tiny_text()
     model = tiny_gpt(text.vocab_size)
     history = train.fit_lm(
-        model, text, steps=150, batch_size=16, lr=1e-2, eval_every=50, progress=False
+        model, text, num_steps=150, batch_size=16, lr=1e-2, eval_every=50, progress=False
     )
     assert history.steps == [50, 100, 150] and len(history.val_loss) == 3
     assert history.val_acc == []
@@ -221,11 +221,11 @@ def test_fit_lm_is_deterministic_and_checks_arguments():
     text = tiny_text(10)
     a, b = tiny_gpt(text.vocab_size), tiny_gpt(text.vocab_size)
     for model in (a, b):
-        train.fit_lm(model, text, steps=5, batch_size=4, block_size=8, seed=3, progress=False)
+        train.fit_lm(model, text, num_steps=5, batch_size=4, block_size=8, seed=3, progress=False)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
-    with pytest.raises(ValueError, match="^steps must be"):
-        train.fit_lm(a, text, steps=0)
+    with pytest.raises(ValueError, match="^num_steps must be"):
+        train.fit_lm(a, text, num_steps=0)
     with pytest.raises(ValueError, match="^block_size must be"):
         train.fit_lm(a, text, block_size=17)  # longer than the model's context
     with pytest.raises(ValueError, match="^text must be TextData"):
@@ -237,7 +237,7 @@ def test_fit_lm_is_deterministic_and_checks_arguments():
 def test_fit_lm_trains_on_the_loss_it_is_given():
     text = tiny_text(10)
     a, b, c = (tiny_gpt(text.vocab_size) for _ in range(3))
-    kw = dict(steps=4, batch_size=4, block_size=8, seed=1, progress=False)
+    kw = dict(num_steps=4, batch_size=4, block_size=8, seed=1, progress=False)
     train.fit_lm(a, text, **kw)
     train.fit_lm(b, text, loss_fn=train.next_char_loss, **kw)  # the default, passed explicitly
     assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))

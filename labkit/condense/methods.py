@@ -37,7 +37,7 @@ def condense(
     ``method``: 'random', 'herding', 'kcenter' (coresets: need ``features`` (N, D) for the last
     two), 'means' (``ipc`` must be 1), 'kmeans', 'dm' or 'gm' (learned; ``augment`` and
     ``options`` go to ``distribution_matching`` / ``gradient_matching``).
-    Example: ``X_s, y_s = condense("dm", X, y, 10, augment=1, iterations=100)``
+    Example: ``X_s, y_s = condense("dm", X, y, 10, augment=1, num_iters=100)``
     """
     check_choice("method", method, METHODS)
     X = _check_X(X)

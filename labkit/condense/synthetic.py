@@ -72,7 +72,7 @@ def distribution_matching(
     y: Tensor,
     ipc: int,
     *,
-    iterations: int = 100,
+    num_iters: int = 100,
     lr: float = 0.1,
     batch_real: int = 32,
     width: int = 16,
@@ -94,7 +94,7 @@ def distribution_matching(
     X = _check_X(X, dims=4)
     y = check_labels(y, len(X))
     ipc = _check_ipc(ipc, y)
-    iterations = check_int("iterations", iterations, minimum=0)
+    num_iters = check_int("num_iters", num_iters, minimum=0)
     batch_real = check_int("batch_real", batch_real, minimum=1)
     augment = check_int("augment", augment, minimum=0, maximum=min(X.shape[2:]) - 1)
     seed = check_int("seed", seed, minimum=0)
@@ -104,7 +104,7 @@ def distribution_matching(
     X_s.requires_grad_(True)
     opt = torch.optim.SGD([X_s], lr=lr, momentum=0.5)
     g = torch.Generator().manual_seed(seed + 1)
-    for it in range(iterations):
+    for it in range(num_iters):
         net = convnet(X.shape[1], X.shape[2], None, width=width, seed=seed * 100_003 + it)
         for p in net.parameters():
             p.requires_grad_(False)
@@ -153,7 +153,7 @@ def gradient_matching(
     y: Tensor,
     ipc: int,
     *,
-    iterations: int = 20,
+    num_iters: int = 20,
     outer_loop: int = 5,
     inner_loop: int = 5,
     lr: float = 0.1,
@@ -166,18 +166,18 @@ def gradient_matching(
 ) -> tuple[Tensor, Tensor]:
     """Learn ``ipc`` synthetic images per class by gradient matching (dataset condensation).
 
-    ``iterations`` times: a fresh ``convnet`` (with head); then ``outer_loop`` rounds of (for each
+    ``num_iters`` times: a fresh ``convnet`` (with head); then ``outer_loop`` rounds of (for each
     class: the gradient of the cross-entropy on ``batch_real`` real images and on the synthetic
     images of that class, matched with ``gm_distance``; one SGD step on the synthetic pixels) each
     followed by ``inner_loop`` SGD steps (``lr_net``) of the network on the synthetic set — so the
     images are matched along a training trajectory. ``augment``: as in ``distribution_matching``.
     A CPU-sized version of the paper's schedule.
-    Example: ``X_s, y_s = gradient_matching(data.X_train, data.y_train, ipc=1, iterations=10)``
+    Example: ``X_s, y_s = gradient_matching(data.X_train, data.y_train, ipc=1, num_iters=10)``
     """
     X = _check_X(X, dims=4)
     y = check_labels(y, len(X))
     ipc = _check_ipc(ipc, y)
-    iterations = check_int("iterations", iterations, minimum=0)
+    num_iters = check_int("num_iters", num_iters, minimum=0)
     outer_loop = check_int("outer_loop", outer_loop, minimum=1)
     inner_loop = check_int("inner_loop", inner_loop, minimum=0)
     batch_real = check_int("batch_real", batch_real, minimum=1)
@@ -191,7 +191,7 @@ def gradient_matching(
     g = torch.Generator().manual_seed(seed + 1)
     classes = list(class_counts(y))
     by_class = {c: torch.nonzero(y == c).flatten() for c in classes}
-    for it in range(iterations):
+    for it in range(num_iters):
         net = convnet(X.shape[1], X.shape[2], num_classes, width=width, seed=seed * 100_003 + it)
         params = [p for p in net.parameters()]
         net_opt = torch.optim.SGD(params, lr=lr_net)

@@ -211,7 +211,7 @@ def gpt_run(method: str, seed: int = 0, steps: int = 200, temperature: float = 1
             student,
             teacher,
             text,
-            steps=steps,
+            num_steps=steps,
             temperature=temperature,
             alpha=0.5 if method.startswith("init_kd") else 0.0,
             attention_weight=1.0 if method == "init_kd_attn" else 0.0,

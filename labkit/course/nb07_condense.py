@@ -37,8 +37,8 @@ COURSE: dict[str, Any] = {
     "ipcs": (1, 10, 50),
     "seeds": 3,
     "num_steps": 200,
-    "dm": {"iterations": 40, "lr": 0.3},
-    "gm": {"iterations": 4, "outer_loop": 3, "inner_loop": 3, "batch_real": 32},
+    "dm": {"num_iters": 40, "lr": 0.3},
+    "gm": {"num_iters": 4, "outer_loop": 3, "inner_loop": 3, "batch_real": 32},
 }
 """What notebook 07 shows and ``prepare`` computes: the dataset, images per class, evaluation seeds
 and Adam steps of every evaluation, and the recipes of the two learned sets, sized for a CPU: DM

@@ -22,7 +22,7 @@ def distill_lm(
     teacher: nn.Module,
     text: Any,
     *,
-    steps: int = 300,
+    num_steps: int = 300,
     temperature: float = 1.0,
     alpha: float = 0.5,
     attention_weight: float = 0.0,
@@ -46,7 +46,7 @@ def distill_lm(
     The training loop is ``train.fit_lm`` with this loss (``loss_fn``): batches, seeding, AdamW,
     clipping and the History (validation loss in nats/char at 10 points and the end).
     ``alpha=0`` with ``attention_weight=0`` is plain training.
-    Example: ``distill_lm(init_from_teacher(gpt), gpt, load("pydoc"), steps=300)``
+    Example: ``distill_lm(init_from_teacher(gpt), gpt, load("pydoc"), num_steps=300)``
     """
     temperature, alpha = check_temperature(temperature), _alpha(alpha)
     if isinstance(attention_weight, bool) or not (
@@ -67,7 +67,7 @@ def distill_lm(
     dev = utils.get_device(device)
     with utils.on_device(teacher, dev, training=False):
         return train.fit_lm(
-            student, text, steps=steps, batch_size=batch_size, block_size=block_size, lr=lr,
+            student, text, num_steps=num_steps, batch_size=batch_size, block_size=block_size, lr=lr,
             weight_decay=weight_decay, optimizer="adamw", schedule=schedule, grad_clip=grad_clip,
             seed=seed, eval_batches=eval_batches, device=dev, progress=progress, loss_fn=loss_fn,
         )  # fmt: skip

@@ -59,7 +59,7 @@ register(
     "pydoc",
     Recipe(
         GPTConfig(vocab_size=_PYDOC_VOCAB, block_size=64, n_layer=2, n_head=4, n_embd=64),
-        steps=2000,
+        num_steps=2000,
         lr=8e-3,
         batch_size=16,
         optimizer="adamw",
@@ -79,7 +79,7 @@ for _width in (16, 32, 64):  # the size-against-quality curve: same recipe, 500 
                 n_head=2 if _width == 16 else 4,
                 n_embd=_width,
             ),
-            steps=500,
+            num_steps=500,
             lr=8e-3,
             batch_size=16,
             optimizer="adamw",

@@ -37,8 +37,9 @@ _SPLITS = ("train", "val", "test")
 class Recipe:
     """How to train one pretrained entry: the full model config plus the ``train.fit`` knobs.
 
-    ``steps`` (not ``num_epochs``) is used for text datasets (``train.fit_lm``). ``data_args`` are
-    passed to ``data.load`` (e.g. ``{"num_samples": 4000}``) and are part of the cache key.
+    ``num_steps`` (not ``num_epochs``) is used for text datasets (``train.fit_lm``).
+    ``data_args`` are passed to ``data.load`` (e.g. ``{"num_samples": 4000}``) and are part of the
+    cache key.
     Example: ``Recipe(LeNetConfig(), num_epochs=15, lr=3e-3)``
     """
 
@@ -51,7 +52,7 @@ class Recipe:
     schedule: str = "constant"
     warmup_steps: int = 0
     seed: int = 0
-    steps: int | None = None
+    num_steps: int | None = None
     data_args: Any = ()
 
     def __post_init__(self) -> None:
@@ -69,8 +70,8 @@ class Recipe:
         check_choice("schedule", self.schedule, ("constant", "cosine"))
         check_int("warmup_steps", self.warmup_steps, minimum=0)
         check_int("seed", self.seed, minimum=0)
-        if self.steps is not None:
-            check_int("steps", self.steps, minimum=1)
+        if self.num_steps is not None:
+            check_int("num_steps", self.num_steps, minimum=1)
         try:
             args = tuple(sorted(dict(self.data_args).items()))
         except (TypeError, ValueError):
@@ -195,7 +196,7 @@ def train_recipe(recipe: Recipe, dataset: str, progress: bool | None = None) -> 
     if hasattr(data, "X_train"):
         train_mod.fit(model, data, num_epochs=recipe.num_epochs, val=False, **common)
     else:
-        train_mod.fit_lm(model, data, steps=recipe.steps or 1000, **common)
+        train_mod.fit_lm(model, data, num_steps=recipe.num_steps or 1000, **common)
     return model.eval()
 
 

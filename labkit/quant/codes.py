@@ -130,21 +130,21 @@ def gptq(
 # --------------------------------------------------------------------------- codebooks
 
 
-def kmeans_codebook(w: Tensor, bits: int, iters: int = 30) -> tuple[Tensor, Tensor]:
+def kmeans_codebook(w: Tensor, bits: int, num_iters: int = 30) -> tuple[Tensor, Tensor]:
     """Deep Compression weight sharing: 1-D k-means (Lloyd) of all of ``w`` into ``2^bits`` levels.
 
     Linear initialisation over ``[min, max]`` (the uniform grid; Han et al. found it best), then
-    ``iters`` rounds of assign-to-nearest / move-to-mean (``iters=0``: the uniform grid). Returns
-    (codebook (2^bits,) float16-exact float32, sorted; codes int64 with ``w``'s shape, each the
-    nearest level).
+    ``num_iters`` rounds of assign-to-nearest / move-to-mean (``num_iters=0``: the uniform grid).
+    Returns (codebook (2^bits,) float16-exact float32, sorted; codes int64 with ``w``'s shape, each
+    the nearest level).
     Example: ``codebook, codes = kmeans_codebook(w, 3); w_hat = codebook[codes]``
     """
     bits = check_int("bits", bits, minimum=1, maximum=8)
-    iters = check_int("iters", iters, minimum=0)
+    num_iters = check_int("num_iters", num_iters, minimum=0)
     x = w.detach().float().flatten()  # (n,)
     k = 2**bits
     centers = torch.linspace(float(x.min()), float(x.max()), k)  # (k,)
-    for _ in range(iters):
+    for _ in range(num_iters):
         codes = _nearest(x, centers)  # (n,)
         sums = torch.zeros(k).index_add_(0, codes, x)
         counts = torch.zeros(k).index_add_(0, codes, torch.ones_like(x))

@@ -302,7 +302,7 @@ def _pack_layer(layer: nn.Linear, config: LowBitConfig, H: Tensor | None) -> Pac
                                                                      damp=c.damp)  # fmt: skip
         return PackedLinear.from_group_quant(gq, layer.bias)
     if c.method in ("kmeans", "grid"):
-        codebook, codes = kmeans_codebook(w, c.bits, iters=30 if c.method == "kmeans" else 0)
+        codebook, codes = kmeans_codebook(w, c.bits, num_iters=30 if c.method == "kmeans" else 0)
         return PackedLinear.from_codebook(codes, codebook, layer.bias)
     fn = {"twn": ternarize, "absmean": absmean_ternary, "binary": binarize}[c.method]
     signs, alpha = fn(w)
