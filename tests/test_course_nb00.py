@@ -25,7 +25,7 @@ def test_course_points_are_every_width_depth_and_seed_once():
     assert {p["depth"] for p in points} == set(c["depths"])
     assert {p["seed"] for p in points} == set(range(c["seeds"]))
     assert experiments.course_points("mnist1d", [4], [2], 1, 3) == [
-        {"dataset": "mnist1d", "width": 4, "depth": 2, "seed": 0, "epochs": 3}
+        {"dataset": "mnist1d", "width": 4, "depth": 2, "seed": 0, "num_epochs": 3}
     ]
 
 
@@ -42,7 +42,7 @@ def test_notebook_parameters_match_the_prepared_sweep():
 
 
 def test_mlp_run_sizes_match_a_torch_mlp_of_the_same_shape(one_thread):
-    record = experiments.mlp_run("digits", width=12, depth=2, seed=0, epochs=1)
+    record = experiments.mlp_run("digits", width=12, depth=2, seed=0, num_epochs=1)
     sizes = (64, 12, 12, 10)
     reference = torch.nn.Sequential(
         torch.nn.Flatten(),
@@ -86,7 +86,7 @@ def test_the_sweep_is_a_step_of_labkit_prepare():
         (lambda: experiments.course_points(widths=[0]), "widths"),
         (lambda: experiments.course_points(depths=[]), "depths"),
         (lambda: experiments.course_points(seeds=0), "seeds"),
-        (lambda: experiments.course_points(epochs=0), "epochs"),
+        (lambda: experiments.course_points(num_epochs=0), "num_epochs"),
     ],
 )
 def test_bad_input_raises_one_line_value_error_naming_the_parameter(call, name):

@@ -30,10 +30,10 @@ COURSE: dict[str, Any] = {
     "widths": (8, 16, 32, 64, 128, 256),
     "depths": (1, 2, 3),
     "seeds": 2,
-    "epochs": 10,
+    "num_epochs": 10,
 }
 """What notebook 00 shows: MLPs of every hidden ``width`` and ``depth`` on ``dataset``, each
-trained ``epochs`` from ``seeds`` seeds (the spread between seeds tells signal from noise)."""
+trained ``num_epochs`` from ``seeds`` seeds (the spread between seeds tells signal from noise)."""
 
 ZOO: tuple[tuple[str, str], ...] = (
     ("mlp", "digits"),
@@ -45,7 +45,7 @@ ZOO: tuple[tuple[str, str], ...] = (
 """The pretrained ``(model, dataset)`` entries notebook 00 measures."""
 
 
-def mlp_run(dataset: str, width: int, depth: int, seed: int, epochs: int) -> dict[str, Any]:
+def mlp_run(dataset: str, width: int, depth: int, seed: int, num_epochs: int) -> dict[str, Any]:
     """One point of the sweep: train an MLP with ``depth`` hidden layers of ``width`` units.
 
     Returns its test accuracy, parameters, real bytes (``torch.save`` file) and MACs per input.
@@ -55,7 +55,14 @@ def mlp_run(dataset: str, width: int, depth: int, seed: int, epochs: int) -> dic
     utils.seed(seed)
     model = models.build("mlp", config)
     train.fit(
-        model, ds, val=False, num_epochs=epochs, lr=1e-2, batch_size=64, seed=seed, progress=False
+        model,
+        ds,
+        val=False,
+        num_epochs=num_epochs,
+        lr=1e-2,
+        batch_size=64,
+        seed=seed,
+        progress=False,
     )
     return {
         "acc": train.evaluate(model, ds)["acc"],
@@ -70,9 +77,9 @@ def course_points(
     widths: Sequence[int] = COURSE["widths"],
     depths: Sequence[int] = COURSE["depths"],
     seeds: int = COURSE["seeds"],
-    epochs: int = COURSE["epochs"],
+    num_epochs: int = COURSE["num_epochs"],
 ) -> list[dict[str, Any]]:
-    """The sweep's points: every width x depth x seed, one dataset and epoch count."""
+    """The sweep's points: every width x depth x seed, one dataset and ``num_epochs``."""
     check_choice("dataset", dataset, ("digits", "mnist1d"))
     for name, values in (("widths", widths), ("depths", depths)):
         if not values:
@@ -80,13 +87,13 @@ def course_points(
         for v in values:
             check_int(name, v, minimum=1)
     check_int("seeds", seeds, minimum=1)
-    check_int("epochs", epochs, minimum=1)
+    check_int("num_epochs", num_epochs, minimum=1)
     return sweep.grid(
         dataset=[dataset],
         width=list(widths),
         depth=list(depths),
         seed=list(range(seeds)),
-        epochs=[epochs],
+        num_epochs=[num_epochs],
     )
 
 
@@ -95,7 +102,7 @@ def course_results(
     widths: Sequence[int] = COURSE["widths"],
     depths: Sequence[int] = COURSE["depths"],
     seeds: int = COURSE["seeds"],
-    epochs: int = COURSE["epochs"],
+    num_epochs: int = COURSE["num_epochs"],
     progress: bool | None = None,
 ) -> list[dict[str, Any]]:
     """One record per trained MLP (sweep ``00-mlp-width-depth``), trained where not cached.
@@ -103,7 +110,7 @@ def course_results(
     At the defaults ``labkit prepare`` has cached them; other arguments train what is missing.
     Example: ``runs = course_results(); sweep.mean_std(runs, ["width", "depth"], "acc")``
     """
-    points = course_points(dataset, widths, depths, seeds, epochs)
+    points = course_points(dataset, widths, depths, seeds, num_epochs)
     return sweep.run(mlp_run, points, name="00-mlp-width-depth", progress=progress)
 
 

@@ -285,7 +285,7 @@ def prune_finetune(
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
-    device: str | torch.device | None = "cpu",
+    device: str | torch.device | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """Prune a copy of ``model`` to ``amount`` and fine-tune it with the masks held at zero.
 
@@ -349,7 +349,7 @@ def lottery_ticket(
     num_epochs: int = 20,
     lr: float = 1e-3,
     seed: int = 0,
-    device: str | torch.device | None = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict[str, float]:
     """The lottery-ticket experiment: is the sparse sub-network trainable from its own init?
 
