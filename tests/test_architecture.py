@@ -203,3 +203,49 @@ def test_modules_use_no_private_name_of_another_module():
         if (uses := _foreign_private_uses(path.read_text(encoding="utf-8"), _module_name(path)))
     }
     assert not found, f"private names used across modules (make them public or move them): {found}"
+
+
+# --------------------------------------------------------------------------- the naming table
+
+# docs/architecture.md "Names": the one spelling of each idea, and the spellings it replaced.
+RETIRED_NAMES = {
+    "epochs": "num_epochs",
+    "n_epochs": "num_epochs",
+    "steps": "num_steps (optimizer steps) or num_stages (pruning schedule)",
+    "n_steps": "num_steps",
+    "iterations": "num_iters",
+    "iters": "num_iters",
+    "n_iters": "num_iters",
+    "calib": "calib_data",
+    "calibration_data": "calib_data",
+    "n_samples": "num_samples",
+}
+
+
+def _retired_parameters(tree: ast.AST, where: str) -> list[str]:
+    """``where:function(param)`` for every public function parameter with a retired name."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith(
+            "_"
+        ):
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            found += [
+                f"{where}:{node.name}({a.arg}) -> {RETIRED_NAMES[a.arg]}"
+                for a in args
+                if a.arg in RETIRED_NAMES
+            ]
+    return found
+
+
+def test_public_parameters_follow_the_naming_table():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found += _retired_parameters(tree, str(path.relative_to(ROOT)))
+    assert not found, "parameters named outside docs/architecture.md's table:\n" + "\n".join(found)
+
+
+def test_the_naming_check_catches_a_retired_name():
+    tree = ast.parse("def fit(model, epochs=3):\n    pass\ndef _private(steps): pass\n")
+    assert _retired_parameters(tree, "x.py") == ["x.py:fit(epochs) -> num_epochs"]

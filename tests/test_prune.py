@@ -182,7 +182,7 @@ def test_prune_finetune_keeps_pruned_weights_at_zero():
     train.fit(model, (X, y), num_epochs=3, lr=1e-2, progress=False, device="cpu")
     for schedule in ("oneshot", "gradual", [0.3, 0.6, 0.85]):
         small, log = prune.prune_finetune(
-            model, (X, y), amount=0.85, schedule=schedule, steps=3, num_epochs=3, lr=1e-2
+            model, (X, y), amount=0.85, schedule=schedule, num_stages=3, num_epochs=3, lr=1e-2
         )
         assert [r["stage"] for r in log] == list(range(len(log)))
         assert log[-1]["sparsity"] == pytest.approx(0.85, abs=1e-3)
@@ -190,7 +190,7 @@ def test_prune_finetune_keeps_pruned_weights_at_zero():
         for name, mask in prune.masks(small).items():
             assert torch.all(small.get_submodule(name).weight[mask == 0] == 0)
         assert all(0 <= r["acc"] <= 1 for r in log)
-    _, log = prune.prune_finetune(model, (X, y), amount=0.85, schedule="gradual", steps=3)
+    _, log = prune.prune_finetune(model, (X, y), amount=0.85, schedule="gradual", num_stages=3)
     assert [r["amount"] for r in log] == pytest.approx(prune.cubic_schedule(0.85, 3))
     assert not hasattr(model.get_submodule("1"), "weight_mask")  # the input model is untouched
 

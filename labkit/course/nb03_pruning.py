@@ -154,7 +154,7 @@ def schedules(
         ds,
         amount=amount,
         schedule=schedule,
-        steps=steps,
+        num_stages=steps,
         num_epochs=epochs,
         lr=lr,
         seed=seed,

@@ -278,7 +278,7 @@ def prune_finetune(
     *,
     amount: float = 0.9,
     schedule: str | Sequence[float] = "oneshot",
-    steps: int = 4,
+    num_stages: int = 4,
     scope: str = "global",
     modules: Sequence[str | nn.Module] | None = None,
     num_epochs: int = 4,
@@ -290,9 +290,9 @@ def prune_finetune(
     """Prune a copy of ``model`` to ``amount`` and fine-tune it with the masks held at zero.
 
     ``schedule``: ``"oneshot"`` prunes once then trains ``num_epochs``; ``"gradual"`` prunes in
-    ``steps`` stages along :func:`cubic_schedule` with ``num_epochs / steps`` epochs after each
-    (same total); or an explicit list of increasing amounts. Returns the pruned model (masks still
-    attached: call :func:`remove_` to fold them) and one record per stage
+    ``num_stages`` stages along :func:`cubic_schedule` with ``num_epochs / num_stages`` epochs
+    after each (same total); or an explicit list of increasing amounts. Returns the pruned model
+    (masks still attached: call :func:`remove_` to fold them) and one record per stage
     ``{stage, amount, sparsity, acc_pruned, acc}`` (val accuracy before / after fine-tuning).
     Example: ``small, log = prune_finetune(model, load("digits"), amount=0.9, schedule="gradual")``
     """
@@ -300,7 +300,7 @@ def prune_finetune(
 
     if isinstance(schedule, str):
         check_choice("schedule", schedule, ("oneshot", "gradual"))
-        stages = [amount] if schedule == "oneshot" else cubic_schedule(amount, steps)
+        stages = [amount] if schedule == "oneshot" else cubic_schedule(amount, num_stages)
     else:
         stages = list(schedule)
         if not stages or any(b < a for a, b in zip(stages, stages[1:])):
@@ -482,12 +482,12 @@ def global_masks(
     return out
 
 
-def cubic_schedule(amount: float, steps: int, initial: float = 0.0) -> list[float]:
-    """Gradual-pruning targets ``s_t = s_f + (s_i - s_f)(1 - t/steps)^3`` for t = 1..steps.
+def cubic_schedule(amount: float, num_stages: int, initial: float = 0.0) -> list[float]:
+    """Gradual-pruning targets ``s_t = s_f + (s_i - s_f)(1 - t/n)^3`` for t = 1..n stages.
 
     Prunes fast while many redundant weights remain, slowly near the end (Zhu & Gupta, 2017).
     Example: ``cubic_schedule(0.9, 3)  # [0.633.., 0.866.., 0.9]``
     """
-    check_int("steps", steps, minimum=1)
+    n = check_int("num_stages", num_stages, minimum=1)
     utils.check_fraction("amount", amount)
-    return [amount + (initial - amount) * (1 - t / steps) ** 3 for t in range(1, steps + 1)]
+    return [amount + (initial - amount) * (1 - t / n) ** 3 for t in range(1, n + 1)]
