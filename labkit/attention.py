@@ -377,8 +377,10 @@ REAL_MODELS: dict[str, tuple[TransformerSpec, int]] = {
 
 
 def real_models_table(bits: tuple[int, ...] = (16, 8, 4, 2), memory_gb: float = 8.0) -> list[dict]:
-    """One record per model in :data:`REAL_MODELS`: params (formula vs published), GB at each bit
-    width, and whether the weights alone fit in ``memory_gb`` GB.
+    """One record per model in :data:`REAL_MODELS`: its parameters and the GB its weights need.
+
+    Params (formula vs published), GB at each bit width, and whether the weights alone fit in
+    ``memory_gb`` GB.
 
     Example: ``sweep.to_table(real_models_table())``
     """

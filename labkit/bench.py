@@ -54,8 +54,10 @@ _CLAIMS: list[dict] = []
 
 
 def claim(key: str, value: float, label: str, fmt: str = "{:.3g}") -> None:
-    """Record a headline figure of the running notebook: ``key`` (snake_case, unique in the
-    notebook), its ``value``, a human ``label`` and ``fmt`` for the README table.
+    """Record a headline figure of the running notebook.
+
+    ``key`` (snake_case, unique in the notebook), its ``value``, a human ``label`` and ``fmt`` for
+    the README table.
 
     Prints nothing. Under ``labkit bench`` (``LABKIT_BENCH_FILE`` set) the claim is appended to
     that file as a JSON line. Example:
@@ -95,8 +97,10 @@ def course_notebooks(folder: str | os.PathLike = ROOT / "notebooks") -> list[Pat
 def run_notebook(
     path: str | os.PathLike, timeout: int = 900, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """Execute one notebook headless (kernel started fresh, working directory its folder) and
-    return ``{notebook, seconds, claims}``; the notebook file is not modified.
+    """Execute one notebook headless and return ``{notebook, seconds, claims}``.
+
+    The kernel is started fresh, with the notebook's folder as its working directory; the notebook
+    file is not modified.
 
     A failing cell raises ``RuntimeError`` naming the notebook.
     Example: ``run_notebook("notebooks/06_dynamic_networks.ipynb")["seconds"]``
@@ -202,9 +206,10 @@ def run(
     report: Callable[[dict], None] | None = None,
     kernel_set: str = "native",
 ) -> dict[str, Any]:
-    """Run ``notebooks`` (default: the whole course) one after another and return the bench
-    result: ``machine`` (CPU, cores, Python, torch, ``kernel_set`` and the ``capability`` torch
-    dispatched to), ``date``, ``prepare_seconds`` and ``zoo`` (only with ``cold``: ``labkit
+    """Run ``notebooks`` (default: the whole course) one after another; return the bench result.
+
+    The result holds ``machine`` (CPU, cores, Python, torch, ``kernel_set`` and the ``capability``
+    torch dispatched to), ``date``, ``prepare_seconds`` and ``zoo`` (only with ``cold``: ``labkit
     prepare`` on an empty data folder first, which the notebooks then use; ``zoo`` holds each
     pretrained entry's headline metric), ``notebooks`` (one record per notebook) and
     ``total_seconds``. ``kernel_set`` (see :mod:`labkit.kernels`) applies to prepare and every
@@ -251,9 +256,11 @@ the language models, 1 point of test accuracy for the classifiers."""
 
 
 def spread(kernel_sets: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Across the ``kernel_sets`` of a :func:`combine` result: ``zoo`` (entry -> its headline
-    metric, test accuracy or else validation loss -> ``min``, ``max``, ``spread`` and ``within``
-    its ``ZOO_TOLERANCE``) and ``claims`` (notebook/key -> ``min``, ``max``).
+    """How the zoo metrics and claims vary across the ``kernel_sets`` of a :func:`combine` result.
+
+    ``zoo`` (entry -> its headline metric, test accuracy or else validation loss -> ``min``,
+    ``max``, ``spread`` and ``within`` its ``ZOO_TOLERANCE``) and ``claims`` (notebook/key ->
+    ``min``, ``max``).
     Example: ``spread(json.load(open("docs/bench.json"))["kernel_sets"])``
     """
     zoo: dict[str, dict[str, dict[str, Any]]] = {}
@@ -287,9 +294,11 @@ def _format(record: dict, across: dict[str, float] | None = None) -> str:
 
 
 def combine(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One bench result from runs on several kernel sets: the first run's result, plus
-    ``kernel_sets`` (each run's kernel set, capability, times, zoo metrics and claims; see
-    :func:`spread`). Example: ``combine([native_result, default_result])``
+    """One bench result from runs on several kernel sets.
+
+    The first run's result, plus ``kernel_sets`` (each run's kernel set, capability, times, zoo
+    metrics and claims; see :func:`spread`).
+    Example: ``combine([native_result, default_result])``
     """
     if not results:
         raise ValueError("results must hold at least one bench result; got none")
@@ -334,9 +343,10 @@ def _zoo_table(result: dict[str, Any]) -> list[str]:
 
 
 def render_table(result: dict[str, Any]) -> str:
-    """The markdown table (and a line on how it was measured) for ``result`` from :func:`run`
-    or :func:`combine`; with several kernel sets, each figure shows its range across them and a
-    second table the pretrained models' metrics on each.
+    """The markdown table (and a line on how it was measured) for a bench ``result``.
+
+    ``result`` comes from :func:`run` or :func:`combine`; with several kernel sets, each figure
+    shows its range across them and a second table the pretrained models' metrics on each.
     Example: ``print(render_table(json.load(open("docs/bench.json"))))``
     """
     sets = result.get("kernel_sets") or []
@@ -383,8 +393,10 @@ def render_table(result: dict[str, Any]) -> str:
 
 
 def update_readme(readme: str | os.PathLike, table: str) -> bool:
-    """Replace the text between ``BEGIN`` and ``END`` in ``readme`` with ``table`` (atomically);
-    return whether the file changed. Example: ``update_readme("README.md", render_table(result))``
+    """Replace the text between ``BEGIN`` and ``END`` in ``readme`` with ``table`` (atomically).
+
+    Returns whether the file changed.
+    Example: ``update_readme("README.md", render_table(result))``
     """
     path = Path(readme)
     text = path.read_text(encoding="utf-8")

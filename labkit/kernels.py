@@ -48,8 +48,10 @@ _VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def env(name: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """A process environment (``base``, default ``os.environ``) that runs the ``name`` kernel set;
-    ``native`` removes the three variables. Example: ``subprocess.run(cmd, env=env("avx2"))``
+    """A process environment that runs the ``name`` kernel set.
+
+    It starts from ``base`` (default ``os.environ``); ``native`` removes the three variables.
+    Example: ``subprocess.run(cmd, env=env("avx2"))``
     """
     check_choice("name", name, tuple(KERNEL_SETS))
     out = {k: v for k, v in (os.environ if base is None else base).items() if k not in _VARS}
@@ -58,8 +60,10 @@ def env(name: str, base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def current() -> dict[str, Any]:
-    """This process's kernels: ``kernel_set`` (the name its environment asks for; ``native`` when
-    none), ``capability`` (what torch actually dispatches to, e.g. ``AVX512``) and the variables.
+    """This process's kernels: ``kernel_set``, ``capability`` and the variables.
+
+    ``kernel_set`` is the name its environment asks for (``native`` when none); ``capability`` is
+    what torch actually dispatches to, e.g. ``AVX512``.
     Example: ``current()["capability"]  # 'AVX2'``
     """
     import torch
@@ -76,8 +80,10 @@ def current() -> dict[str, Any]:
 
 
 def capability(environ: dict[str, str] | None = None) -> str:
-    """What torch dispatches to in a new process with ``environ`` (default: this one's), e.g.
-    ``AVX2``: the variables are read when torch loads. Example: ``capability(env("default"))``
+    """What torch dispatches to (e.g. ``AVX2``) in a new process with ``environ``.
+
+    ``environ`` defaults to this process's; the variables are read when torch loads.
+    Example: ``capability(env("default"))``
     """
     probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
     out = subprocess.run(
@@ -87,8 +93,10 @@ def capability(environ: dict[str, str] | None = None) -> str:
 
 
 def available(name: str) -> bool:
-    """Whether this CPU can run the ``name`` kernel set: torch, started in a new process with
-    ``env(name)``, dispatches to that capability (it silently falls back when the CPU lacks it).
+    """Whether this CPU can run the ``name`` kernel set.
+
+    It can when torch, started in a new process with ``env(name)``, dispatches to that capability
+    (it silently falls back when the CPU lacks it).
     Example: ``available("avx2")  # False on an Apple or other ARM CPU``
     """
     check_choice("name", name, tuple(KERNEL_SETS))

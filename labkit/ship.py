@@ -121,10 +121,12 @@ def _per_entry(t: Tensor, group_size: int, cols: int) -> Tensor:
 
 
 def code_bytes(numel: int, nnz: int, bits: int) -> int:
-    """Bytes of ``numel`` quantized weights, ``nnz`` of them not zero, at ``bits`` per code:
-    packed densely, ``ceil(numel * bits / 8)``, or as a 1-bit mask of the non-zeros followed by
+    """Bytes of ``numel`` quantized weights, ``nnz`` of them not zero, at ``bits`` per code.
+
+    Packed densely, ``ceil(numel * bits / 8)``, or as a 1-bit mask of the non-zeros followed by
     their codes, ``ceil(numel / 8) + ceil(nnz * bits / 8)``, whichever is smaller (the shipped
-    file's choice, layer by layer). Example: ``code_bytes(1000, 500, 4)  # 375, not 500``
+    file's choice, layer by layer).
+    Example: ``code_bytes(1000, 500, 4)  # 375, not 500``
     """
     numel = check_int("numel", numel, minimum=0)
     nnz = check_int("nnz", nnz, minimum=0, maximum=numel)
@@ -133,11 +135,13 @@ def code_bytes(numel: int, nnz: int, bits: int) -> int:
 
 
 def mask_saving(density: float, bits: int) -> float:
-    """The fraction of the dense codes' bytes saved by a 1-bit mask of the non-zero weights plus
-    their codes, when a fraction ``density`` of ``numel`` weights is non-zero at ``bits`` per code:
+    """The fraction of the dense codes' bytes saved by a 1-bit mask of the non-zero weights.
+
+    The mask is followed by the non-zero weights' codes. When a fraction ``density`` of ``numel``
+    weights is non-zero at ``bits`` per code:
     dense ``numel * bits`` bits, masked ``numel + density * numel * bits`` bits, so the saving is
-    ``1 - density - 1 / bits`` (negative: the mask costs more than it saves). :func:`code_bytes`
-    is the same up to rounding to whole bytes.
+    ``1 - density - 1 / bits`` (negative: the mask costs more than it saves). :func:`code_bytes` is
+    the same up to rounding to whole bytes.
     Example: ``mask_saving(0.5, 8)  # 0.375``
     """
     density = check_number("density", density, minimum=0.0, maximum=1.0)
@@ -169,11 +173,13 @@ def _unpack(blob: Tensor, zero: Tensor, bits: int, nnz: int | None) -> Tensor:
 
 
 def to_bytes(model: nn.Module) -> bytes:
-    """The model as shipped: BatchNorm folded, pruning masks folded, float tensors through
+    """The model as shipped, as bytes; read back with :func:`from_bytes`.
+
+    BatchNorm folded, pruning masks folded, float tensors through
     ``sparse.pack_state_dict(..., "auto")``, quantized weights (``quant`` weight-only layers or
-    ``lowbit`` uniform layers) as packed codes (+ a 1-bit non-zero mask when smaller), float
-    scales and biases. Layout: magic, header length, JSON header (zoo name, config, quantized
-    layers), the packed tensors. Read back with :func:`from_bytes`.
+    ``lowbit`` uniform layers) as packed codes (+ a 1-bit non-zero mask when smaller), float scales
+    and biases. Layout: magic, header length, JSON header (zoo name, config, quantized layers), the
+    packed tensors.
     Example: ``len(to_bytes(model))  # the real bytes of what is shipped``
     """
     model = quant.fold_bn_(prune.remove_(prune.copy_model(model)).eval())
@@ -216,8 +222,10 @@ def to_bytes(model: nn.Module) -> bytes:
 
 
 def from_bytes(payload: bytes) -> nn.Module:
-    """The model :func:`to_bytes` wrote: a plain zoo model (eval mode, BatchNorm folded) whose
-    quantized weights hold their dequantized values, so it computes what the quantized model did.
+    """The model :func:`to_bytes` wrote, as a plain zoo model (eval mode, BatchNorm folded).
+
+    Its quantized weights hold their dequantized values, so it computes what the quantized model
+    did.
     Example: ``model = from_bytes(to_bytes(qmodel))``
     """
     if not isinstance(payload, (bytes, bytearray)) or not payload.startswith(_MAGIC):
@@ -254,6 +262,7 @@ def from_bytes(payload: bytes) -> nn.Module:
 
 def save(model: nn.Module, path: str | Path) -> Path:
     """Write :func:`to_bytes` of ``model`` to ``path`` (atomically); returns the path.
+
     Example: ``save(compressed, "submission.lkc")``
     """
     return utils.atomic_write_bytes(path, to_bytes(model))

@@ -278,8 +278,10 @@ def _check_text(text: Any) -> None:
 
 
 def next_char_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Mean cross-entropy of ``model(x)`` (B, T, V) against the next characters ``y`` (B, T), in
-    nats per character: ``fit_lm``'s default loss. Example: ``next_char_loss(gpt, x, y).item()``
+    """Mean cross-entropy of ``model(x)`` (B, T, V) against the next characters ``y`` (B, T).
+
+    In nats per character: ``fit_lm``'s default loss.
+    Example: ``next_char_loss(gpt, x, y).item()``
     """
     logits = model(x)  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1), y.flatten())

@@ -76,8 +76,9 @@ def seed(value: int = 0) -> torch.Generator:
 
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
-    """Run the block with torch's RNG seeded to ``seed`` (weight init, dropout, shuffles); the
-    caller's RNG state comes back afterwards, so a seeded call leaves the global RNG untouched.
+    """Run the block with torch's RNG seeded to ``seed`` (weight init, dropout, shuffles).
+
+    The caller's RNG state comes back afterwards, so a seeded call leaves the global RNG untouched.
     The CPU generator always; ``device``'s too when it is a CUDA device.
 
     Example: ``with seeded(0): model = nn.Linear(4, 2)  # the same weights every time``
@@ -91,8 +92,10 @@ def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def num_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` torch threads inside the block only, restored even on error (None: leave
-    the setting alone). Example: ``with num_threads(1): train.fit(...)``
+    """Use ``threads`` torch threads inside the block only, restored even on error.
+
+    None: leave the setting alone.
+    Example: ``with num_threads(1): train.fit(...)``
     """
     if threads is None:
         yield
@@ -107,8 +110,10 @@ def num_threads(threads: int | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def on_device(model: torch.nn.Module, device: torch.device, training: bool) -> Iterator[None]:
-    """Run the block with ``model`` on ``device`` in train (``training=True``) or eval mode; its
-    device and mode come back afterwards. Example: ``with on_device(teacher, dev, False): ...``
+    """Run the block with ``model`` on ``device`` in train (``training=True``) or eval mode.
+
+    Its device and mode come back afterwards.
+    Example: ``with on_device(teacher, dev, False): ...``
     """
     home = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
     was_training = model.training
@@ -201,8 +206,10 @@ def _sidecar(path: str | os.PathLike) -> Path:
 
 
 def save_verified(obj: Any, path: str | os.PathLike, info: dict) -> dict:
-    """``torch.save`` ``obj`` to ``path`` atomically, then its JSON sidecar (``path`` + ``.json``):
-    ``info`` plus the file's ``sha256``, which :func:`load_verified` checks. Returns the sidecar.
+    """``torch.save`` ``obj`` to ``path`` atomically, then its JSON sidecar; returns the sidecar.
+
+    The sidecar (``path`` + ``.json``) holds ``info`` plus the file's ``sha256``, which
+    :func:`load_verified` checks.
     Example: ``save_verified(model.state_dict(), "m.pt", {"key": "abc"})``
     """
     sidecar = {**info, "sha256": atomic_torch_save(obj, path)}
@@ -211,8 +218,9 @@ def save_verified(obj: Any, path: str | os.PathLike, info: dict) -> dict:
 
 
 def load_verified(path: str | os.PathLike) -> tuple[Any, dict]:
-    """``(object, sidecar)`` written by :func:`save_verified`; ``FileNotFoundError`` when a file
-    is missing, ``ValueError`` when the sha256 does not match.
+    """``(object, sidecar)`` written by :func:`save_verified`, its sha256 checked.
+
+    ``FileNotFoundError`` when a file is missing, ``ValueError`` when the sha256 does not match.
     Example: ``state, info = load_verified("m.pt")``
     """
     info = json.loads(_sidecar(path).read_text())
@@ -292,8 +300,10 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
 def check_int(
     name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
-    """Return ``value`` if it is an int within [minimum, maximum], else a one-line ValueError
-    (:class:`ArgumentTypeError`, also a TypeError, when it is not an integer at all)."""
+    """Return ``value`` if it is an int within [minimum, maximum], else a one-line ValueError.
+
+    The error is :class:`ArgumentTypeError`, also a TypeError, when it is not an integer at all.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ArgumentTypeError(
             f"{name} must be an integer{_range(minimum, maximum)}; got {value!r}"
@@ -313,9 +323,11 @@ def check_number(
     min_open: bool = False,
     max_open: bool = False,
 ) -> float:
-    """Return ``value`` as a float if it is a finite real number within the bounds (``min_open`` /
-    ``max_open``: the bound itself excluded), else a one-line ValueError naming ``name`` and the
-    allowed range (:class:`ArgumentTypeError`, also a TypeError, when it is not a real number).
+    """Return ``value`` as a float if finite, real and within the bounds, else a ValueError.
+
+    ``min_open`` / ``max_open``: the bound itself excluded. The ValueError is one line, naming
+    ``name`` and the allowed range (:class:`ArgumentTypeError`, also a TypeError, when it is not a
+    real number).
     Example: ``check_number("lr", 0.01, minimum=0, min_open=True)  # 0.01``
     """
     real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

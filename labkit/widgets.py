@@ -62,10 +62,11 @@ def explore(
     plot: Callable[[list[Mapping[str, Any]], Axes], Any] | None = None,
     figsize: tuple[float, float] = (6, 4),
 ) -> Explorer:
-    """A control per key in ``controls`` (a slider for numbers, a dropdown otherwise) over
-    precomputed records; the whole curve is drawn once and the selected record(s) are ringed,
-    with their metrics shown below. ``plot(records, ax)`` draws the background (default:
-    ``plots.accuracy_vs_size``); ``figsize`` is in inches at 100 dpi.
+    """Explore precomputed records with a control per key in ``controls``.
+
+    A slider for numbers, a dropdown otherwise; the whole curve is drawn once and the selected
+    record(s) are ringed, with their metrics shown below. ``plot(records, ax)`` draws the background
+    (default: ``plots.accuracy_vs_size``); ``figsize`` is in inches at 100 dpi.
 
     Example: ``explore(records, x="bytes", y="acc", controls=("width", "depth"), hue="method")``
     """
@@ -73,10 +74,12 @@ def explore(
 
 
 def live(fn: Callable[..., Any], **controls: Any) -> Live:
-    """Sliders/dropdowns for ``fn``'s arguments; each change calls ``fn`` and shows what it returns
-    (a matplotlib Figure or Axes as an image, a str as text). A control is ``(min, max)`` or
-    ``(min, max, step)`` (a slider starting mid-range), a list of choices, a bool (a checkbox), a
-    str (a text box) or an ipywidgets widget. Sliders use ``continuous_update=False``.
+    """Sliders/dropdowns for ``fn``'s arguments; each change calls ``fn`` and shows what it returns.
+
+    What it returns is shown as an image (a matplotlib Figure or Axes) or as text (a str). A control
+    is ``(min, max)`` or ``(min, max, step)`` (a slider starting mid-range), a list of choices, a
+    bool (a checkbox), a str (a text box) or an ipywidgets widget. Sliders use
+    ``continuous_update=False``.
 
     Example: ``live(lambda bits: plot_quant_error(bits), bits=[2, 4, 8])``
     """
@@ -139,8 +142,11 @@ class _Controls(ipywidgets.VBox):
 
 
 class Explorer(_Controls):
-    """The widget ``explore`` returns: ``controls`` (key -> widget), ``image`` (PNG), ``readout``
-    (HTML), ``selected`` (the records matching the controls), ``last_seconds`` (the last move)."""
+    """The widget ``explore`` returns.
+
+    ``controls`` (key -> widget), ``image`` (PNG), ``readout`` (HTML), ``selected`` (the records
+    matching the controls), ``last_seconds`` (the last move).
+    """
 
     def __init__(
         self,
@@ -252,9 +258,12 @@ class Explorer(_Controls):
 
 
 class Live(_Controls):
-    """The widget ``live`` returns: ``controls`` (name -> widget), ``image`` (PNG of a returned
-    figure), ``text`` (HTML of returned text), ``result`` (fn's last return value), ``calls``,
-    and ``error`` (the exception of the last call, shown in ``text``; None when it succeeded)."""
+    """The widget ``live`` returns.
+
+    ``controls`` (name -> widget), ``image`` (PNG of a returned figure), ``text`` (HTML of returned
+    text), ``result`` (fn's last return value), ``calls``, and ``error`` (the exception of the last
+    call, shown in ``text``; None when it succeeded).
+    """
 
     def __init__(self, fn: Callable[..., Any], controls: Mapping[str, Any]) -> None:
         if not callable(fn):

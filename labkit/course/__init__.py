@@ -31,8 +31,10 @@ __all__ = ["Step", "steps", "prepare", "default_jobs", "usable_cores"]
 
 @dataclass(frozen=True)
 class Step:
-    """One unit of ``labkit prepare``: ``target`` is ``"module:function"``, called with ``kwargs``
-    after every step named in ``needs`` has finished. ``cost`` orders ready steps (longest first).
+    """One unit of ``labkit prepare``.
+
+    ``target`` is ``"module:function"``, called with ``kwargs`` after every step named in ``needs``
+    has finished. ``cost`` orders ready steps (longest first).
     """
 
     name: str
@@ -183,10 +185,11 @@ def prepare(
     progress: bool | None = None,
     report: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Run ``plan`` (default: ``steps()``) with ``jobs`` worker processes (default:
-    ``default_jobs()``; 1 runs everything in this process). Returns one record per step, in
-    completion order: ``name, seconds`` and for models ``cached, metrics``. ``report(record)`` is
-    called as each step finishes. A failing step stops the run with its error.
+    """Run ``plan`` (default: ``steps()``) with ``jobs`` worker processes.
+
+    ``jobs`` defaults to ``default_jobs()``; 1 runs everything in this process. Returns one record
+    per step, in completion order: ``name, seconds`` and for models ``cached, metrics``.
+    ``report(record)`` is called as each step finishes. A failing step stops the run with its error.
 
     Example: ``prepare(jobs=2)  # the whole course cache``
     """

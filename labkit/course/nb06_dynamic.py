@@ -314,9 +314,12 @@ def plot_exits(
     plain_macs: float,
     title: str,
 ) -> Figure:
-    """Left: the fraction of inputs leaving at each exit; right: the accuracy-vs-MACs ``curve``
+    """Two panels: the fraction of inputs leaving at each exit, and accuracy against MACs.
+
+    Left: the fraction of inputs leaving at each exit; right: the accuracy-vs-MACs ``curve``
     (``dynamic.exit_report`` per threshold) with ``report``, one of them, marked and the plain
-    network's MACs as a dotted line. Example: ``plot_exits(report, curve, plain_macs, "max_prob")``
+    network's MACs as a dotted line.
+    Example: ``plot_exits(report, curve, plain_macs, "max_prob")``
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     fractions = report["exit_fraction"]
@@ -339,9 +342,11 @@ def plot_exits(
 
 
 def plot_moe(records: Sequence[Mapping[str, Any]], hidden: int | None = None) -> Axes:
-    """MoE accuracy against the active parameters of the MoE layer: top-1 and top-2 lines over
-    the expert counts (experts of ``hidden`` units, default ``COURSE["moe_hidden"]``, trained with
-    the default balancing weight), and the wide dense layer as a square.
+    """MoE accuracy against the active parameters of the MoE layer.
+
+    Top-1 and top-2 lines over the expert counts (experts of ``hidden`` units, default
+    ``COURSE["moe_hidden"]``, trained with the default balancing weight), and the wide dense layer
+    as a square.
     Example: ``plot_moe(course_results()["moe"])``
     """
     hidden = COURSE["moe_hidden"] if hidden is None else hidden

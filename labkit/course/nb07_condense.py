@@ -76,13 +76,15 @@ def course_run(
     seeds: int = 3,
     num_steps: int = 200,
 ) -> dict[str, Any]:
-    """One point of notebook 07's sweep: build the ``method`` set of ``ipc`` images per class
-    (``method='full'``: the whole training set, ``ipc=0``), learned sets with ``augment`` pixel
-    shifts and the ``COURSE`` recipe, and evaluate it (``evaluate_set``, MLP, ``seeds`` seeds,
-    ``eval_augment`` shifts while training). 'random' draws a new subset per seed; the other
-    methods build one set (seed 0). Returns acc, acc_std, accs, the set's bytes, images, the
-    training samples one model sees, train_seconds (per model), make_seconds, and the pixels
-    (rounded to 4 decimals) and labels of the set when ``ipc`` <= 10.
+    """One point of notebook 07's sweep: build a set of ``ipc`` images per class and evaluate it.
+
+    Builds the ``method`` set of ``ipc`` images per class (``method='full'``: the whole training
+    set, ``ipc=0``), learned sets with ``augment`` pixel shifts and the ``COURSE`` recipe, and
+    evaluates it (``evaluate_set``, MLP, ``seeds`` seeds, ``eval_augment`` shifts while training).
+    'random' draws a new subset per seed; the other methods build one set (seed 0).
+    Returns acc, acc_std, accs, the set's bytes, images, the training samples one model sees,
+    train_seconds (per model), make_seconds, and the pixels (rounded to 4 decimals) and labels of
+    the set when ``ipc`` <= 10.
 
     Example: ``course_run("dm", 10, augment=1)["acc"]``
     """
@@ -122,11 +124,13 @@ def course_run(
 def course_points(
     ipcs: Sequence[int] = COURSE["ipcs"], seeds: int = COURSE["seeds"]
 ) -> dict[str, list[dict]]:
-    """The sweep points of notebook 07: ``main`` (every method at every ``ipc`` it allows: class
-    means at 1, k-means centroids above 1, gradient matching at the smallest; and the full set as
-    ``method='full', ipc=0``) and ``augment`` (at the smallest ``ipc``: DM learned through ±1-pixel
-    shifts, and random / means / DM sets evaluated with shifted training). Every point spells out
-    ``method, ipc, augment, eval_augment, seeds``.
+    """The sweep points of notebook 07: ``main`` and ``augment``.
+
+    ``main``: every method at every ``ipc`` it allows (class means at 1, k-means centroids above 1,
+    gradient matching at the smallest; and the full set as ``method='full', ipc=0``). ``augment``:
+    at the smallest ``ipc``, DM learned through ±1-pixel shifts, and random / means / DM sets
+    evaluated with shifted training.
+    Every point spells out ``method, ipc, augment, eval_augment, seeds``.
     Example: ``course_points()["main"][0]  # {'method': 'random', 'ipc': 1, 'augment': 0, ..}``
     """
     ipcs = sorted({check_int("ipcs", i, minimum=1) for i in ipcs})

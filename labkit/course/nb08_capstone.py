@@ -84,10 +84,12 @@ VERSION = 1
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """The knobs of the pipeline. ``channels``: the student CNN1d; distillation runs
-    ``distill_epochs`` over train + transfer set at ``temperature``/``alpha``; ``amount`` of the
-    weights are pruned (one global threshold) and fine-tuned ``prune_epochs`` with distillation;
-    the low-bit stage is ``bits`` per weight, per channel, fine-tuned ``qat_epochs`` at ``qat_lr``.
+    """The knobs of the pipeline.
+
+    ``channels``: the student CNN1d; distillation runs ``distill_epochs`` over train + transfer set
+    at ``temperature``/``alpha``; ``amount`` of the weights are pruned (one global threshold) and
+    fine-tuned ``prune_epochs`` with distillation; the low-bit stage is ``bits`` per weight, per
+    channel, fine-tuned ``qat_epochs`` at ``qat_lr``.
     Example: ``PipelineConfig(channels=(8, 8, 8), amount=0.7)``
     """
 
@@ -123,8 +125,11 @@ class PipelineConfig:
 
 @dataclass
 class Pipeline:
-    """The stage models (``STAGES`` order, eval mode), the CPU seconds each trained stage took
-    when it was trained (measured once, cached), and the config. Example: ``pipe.stages["int8"]``
+    """The stage models, the CPU seconds each trained stage took, and the config.
+
+    The stage models are in ``STAGES`` order, in eval mode; the CPU seconds are those each trained
+    stage took when it was trained (measured once, cached).
+    Example: ``pipe.stages["int8"]``
     """
 
     stages: dict[str, nn.Module]
@@ -149,10 +154,12 @@ def train_stages(
     config: PipelineConfig | None = None,
     progress: bool | None = None,
 ) -> tuple[dict[str, dict], dict[str, float]]:
-    """Train the pipeline's three trained stages (nothing cached): the distilled student, the
-    pruned + fine-tuned student (masks folded) and the ``bits``-bit QAT model. Returns their
-    state dicts and the CPU seconds each took (``time.process_time``; distillation includes the
-    teacher's logits on the transfer set). ``ds`` is ArrayData; one torch thread.
+    """Train the pipeline's three trained stages (nothing cached).
+
+    The stages: the distilled student, the pruned + fine-tuned student (masks folded) and the
+    ``bits``-bit QAT model. Returns their state dicts and the CPU seconds each took
+    (``time.process_time``; distillation includes the teacher's logits on the transfer set). ``ds``
+    is ArrayData; one torch thread.
     Example: ``states, seconds = train_stages(teacher, data.load("mnist1d"), X_transfer)``
     """
     config = PipelineConfig() if config is None else config
@@ -215,10 +222,12 @@ def _read_cache(path: Path) -> tuple[dict | None, dict | None]:
 
 
 def pipeline(config: PipelineConfig | None = None, progress: bool | None = None) -> Pipeline:
-    """The five stage models of :data:`STAGES`: the teacher, and its distilled, pruned, 8-bit and
-    low-bit successors. The trained stages come from the disk cache (``cache_dir("capstone")``,
-    keyed by the config, the teacher's weights and this module's version; verified by sha256)
-    or are trained once by :func:`train_stages`; the 8-bit stage is post-training quantization.
+    """The five stage models of :data:`STAGES`.
+
+    The teacher, and its distilled, pruned, 8-bit and low-bit successors. The trained stages come
+    from the disk cache (``cache_dir("capstone")``, keyed by the config, the teacher's weights and
+    this module's version; verified by sha256) or are trained once by :func:`train_stages`; the
+    8-bit stage is post-training quantization.
     Example: ``pipe = pipeline(); pipe.stages["lowbit"]``
     """
     config = PipelineConfig() if config is None else config
@@ -270,9 +279,10 @@ def _build_arch(arch: str) -> nn.Module:
 
 
 def stage_records(pipe: Pipeline, ds: Any, stages: Sequence[str] = STAGES) -> list[dict]:
-    """One record per stage, all measured on the SHIPPED model (the file read back): ``acc`` on
-    ``ds``'s test split, ``bytes`` (the file's length), ``macs`` per sample (dense kernels: zeros
-    are multiplied too), ``nonzero`` weights and biases, ``params``, ``arch``.
+    """One record per stage, all measured on the SHIPPED model (the file read back).
+
+    ``acc`` on ``ds``'s test split, ``bytes`` (the file's length), ``macs`` per sample (dense
+    kernels: zeros are multiplied too), ``nonzero`` weights and biases, ``params``, ``arch``.
     Example: ``sweep.to_table(stage_records(pipe, data.load("mnist1d")))``
     """
     stages = [check_choice("stage", s, STAGES) for s in stages]
@@ -298,9 +308,11 @@ def stage_records(pipe: Pipeline, ds: Any, stages: Sequence[str] = STAGES) -> li
 
 
 def int8_kernels(pipe: Pipeline, ds: Any, num_samples: int = 512) -> nn.Module:
-    """The pruned stage on real int8 kernels (``quant.int8``, static: int8 weights per channel AND
-    int8 activations calibrated on ``num_samples`` training inputs): what the 8-bit stage runs
-    as, for speed. Example: ``kernels = int8_kernels(pipe, data.load("mnist1d"))``
+    """The pruned stage on real int8 kernels: what the 8-bit stage runs as, for speed.
+
+    ``quant.int8``, static: int8 weights per channel AND int8 activations calibrated on
+    ``num_samples`` training inputs.
+    Example: ``kernels = int8_kernels(pipe, data.load("mnist1d"))``
     """
     from labkit.quant import int8 as quant_int8
 
@@ -319,10 +331,11 @@ def latency(
     repeats: int = 30,
     min_time_s: float | None = None,
 ) -> dict[str, dict]:
-    """Latency of every stage as deployed and of every architecture in ``records`` on the batch
-    ``x``, in ONE interleaved ``measure.compare_latency`` run against the best fp32 teacher
-    (``measure.best_fp32_baseline`` picks its layout). Stages run the shipped file read back
-    (float kernels; weight values do not change their speed), except ``int8``: the real int8
+    """Latency of every stage as deployed and of every architecture in ``records``, on ``x``.
+
+    Measured on the batch ``x``, in ONE interleaved ``measure.compare_latency`` run against the best
+    fp32 teacher (``measure.best_fp32_baseline`` picks its layout). Stages run the shipped file read
+    back (float kernels; weight values do not change their speed), except ``int8``: the real int8
     kernels of :func:`int8_kernels`. Keys ``"stage <name>"`` and ``"arch <arch>"``; each value is
     ``compare_latency``'s dict (``median_ms``, ``speedup`` vs the teacher, ...).
     Example: ``latency(pipe, stage_records(pipe, ds), ds.X_test[:256], int8_kernels(pipe, ds))``
@@ -356,11 +369,13 @@ def check(
     *,
     heldout: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Check a submitted file: its size on disk, and the accuracy of the model loaded back from
-    it on ``heldout`` ``(X, y)`` (default: MNIST-1D's validation split, never used for training).
-    The test split is kept for grading, which passes it as ``heldout``; checking a submission as
-    often as you like cannot tune it to the data it is graded on. Returns
-    ``bytes, acc, budget_bytes, min_acc, fits, accurate, passed``.
+    """Check a submitted file: its size on disk, and the accuracy of the model loaded from it.
+
+    The model is loaded back from the file and its accuracy measured on ``heldout`` ``(X, y)``
+    (default: MNIST-1D's validation split, never used for training). The test split is kept for
+    grading, which passes it as ``heldout``; checking a submission as often as you like cannot tune
+    it to the data it is graded on.
+    Returns ``bytes, acc, budget_bytes, min_acc, fits, accurate, passed``.
     Example: ``check(ship.save(compressed, "submission.lkc"))["passed"]``
     """
     budget_bytes = check_int("budget_bytes", budget_bytes, minimum=1)
@@ -385,8 +400,9 @@ def check(
 
 
 def prepare(progress: bool | None = None) -> dict[str, Any]:
-    """Train (or verify cached) the pipeline at its default config and compute the single-method
-    records; part of ``labkit prepare``.
+    """Train (or verify cached) the pipeline at its default config; part of ``labkit prepare``.
+
+    Also computes the single-method records.
     Example: ``prepare()["cpu_seconds"]``
     """
     from labkit.course.nb08_methods import single_methods  # it reads this module's helpers

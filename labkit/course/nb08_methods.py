@@ -58,8 +58,9 @@ def _method_point(method: str, bits: int) -> dict[str, Any]:
 
 
 def single_methods(progress: bool | None = None) -> list[dict]:
-    """Post-training quantization alone on MNIST-1D, as notebooks 04 and 05 apply it (no
-    training, so cheap): the teacher per channel at 8, 6, 5, 4, 3 bits and the zoo MLP group-wise
+    """Post-training quantization alone on MNIST-1D, as notebooks 04 and 05 apply it.
+
+    No training, so cheap: the teacher per channel at 8, 6, 5, 4, 3 bits and the zoo MLP group-wise
     at 4, 3, 2 bits. Cached as sweep ``08-capstone-methods`` (``labkit prepare`` fills it).
     Example: ``sweep.to_table(single_methods())``
     """
@@ -83,8 +84,9 @@ def _point(method: str, point: str, acc: float, size: int, **extra: Any) -> dict
 
 
 def earlier_points(progress: bool | None = None) -> list[dict]:
-    """Every single method of the earlier notebooks that was measured on MNIST-1D, as records
-    ``method, point, acc, bytes, macs, arch``: the MLP students of notebook 02 (scratch and
+    """Every single method of the earlier notebooks that was measured on MNIST-1D, as records.
+
+    Records ``method, point, acc, bytes, macs, arch``: the MLP students of notebook 02 (scratch and
     distilled, per width), the static and slimmable CNN widths of notebook 06, and
     :func:`single_methods`. Accuracies come from the cached sweeps (nothing is retrained when
     ``labkit prepare`` has run); bytes are those of the shipped file, like the pipeline's.
@@ -106,9 +108,10 @@ def earlier_points(progress: bool | None = None) -> list[dict]:
 
 
 def pruning_points() -> list[dict]:
-    """Notebook 03's pruning sweeps, which ran on digits (not MNIST-1D), read from their cache:
-    the MLP pruned globally and fine-tuned (sparse bytes, mean of the seeds) and with whole
-    neurons removed (dense bytes), as records ``method, point, acc, bytes``.
+    """Notebook 03's pruning sweeps as records ``method, point, acc, bytes``, from their cache.
+
+    The sweeps ran on digits (not MNIST-1D): the MLP pruned globally and fine-tuned (sparse bytes,
+    mean of the seeds) and with whole neurons removed (dense bytes).
     Example: ``plots.accuracy_vs_size(pruning_points(), hue="method")``
     """
     points = nb03_pruning.course_points()
@@ -129,9 +132,11 @@ def pruning_points() -> list[dict]:
 
 
 def plot_against_earlier(points: Sequence[dict], pipeline: str = "pipeline (08)") -> Figure:
-    """Two panels: ``points`` (the pipeline's stages, method ``pipeline``, and
-    :func:`earlier_points`) as accuracy against shipped bytes, the pipeline's stages annotated;
-    beside it, notebook 03's pruning of digits (:func:`pruning_points`).
+    """Two panels: the pipeline against the earlier methods, and notebook 03's pruning of digits.
+
+    ``points`` (the pipeline's stages, method ``pipeline``, and :func:`earlier_points`) as accuracy
+    against shipped bytes, the pipeline's stages annotated; beside it, notebook 03's pruning of
+    digits (:func:`pruning_points`).
     Example: ``plot_against_earlier(stage_points + earlier_points())``
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [3, 2]})

@@ -77,8 +77,10 @@ def attention_loss(
     teacher_maps: Sequence[Tensor],
     layer_map: Sequence[int] | None = None,
 ) -> Tensor:
-    """Attention transfer after TinyBERT: the mean squared error between each student attention
-    map and the teacher map it is paired with, averaged over every entry and over the pairs.
+    """Attention transfer after TinyBERT: how far student attention maps are from the teacher's.
+
+    The mean squared error between each student attention map and the teacher map it is paired with,
+    averaged over every entry and over the pairs.
 
     What is matched: the attention *probabilities* ``softmax(q k^T / sqrt(D))`` of
     ``attention_maps`` (rows sum to 1; a causal model's masked entries are 0 on both sides and

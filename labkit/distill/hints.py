@@ -50,8 +50,10 @@ def capture(model: nn.Module, layers: str | Sequence[str]) -> Iterator[dict[str,
 
 
 class HintLoss(nn.Module):
-    """FitNets' hint loss: mean squared error between a learned linear projection of the
-    student's feature and the teacher's feature, both flattened per sample.
+    """FitNets' hint loss: how well a projection of the student's feature matches the teacher's.
+
+    The mean squared error between a learned linear projection of the student's feature and the
+    teacher's feature, both flattened per sample.
 
     The projection (the "regressor") lets a thin student match a wide teacher layer; it is
     trained with the student and thrown away after. ``student_dim`` / ``teacher_dim`` are the
@@ -87,8 +89,10 @@ def fit_hints(
     batch_size: int = 256,
     seed: int = 0,
 ) -> tuple[HintLoss, list[float]]:
-    """FitNets stage 1: train ``student`` (in place, up to ``student_layer``) and a projection so
-    the student's ``student_layer`` output predicts the teacher's ``teacher_layer`` output.
+    """FitNets stage 1: train ``student`` and a projection to predict a teacher layer's output.
+
+    ``student`` is trained in place, up to ``student_layer``, so that the student's
+    ``student_layer`` output predicts the teacher's ``teacher_layer`` output.
 
     Returns the trained ``HintLoss`` and the mean hint loss per epoch. Seeded: the init of the
     projection and the batch order come from ``seed``; torch's global RNG is left alone.

@@ -20,9 +20,10 @@ __all__ = ["select_layers", "init_from_teacher"]
 
 
 def select_layers(num_teacher_layers: int, num_student_layers: int) -> list[int]:
-    """Which teacher blocks initialise the student, by this course's own rule: evenly spaced from
-    the first, ``i * N // M``, so half as many layers means every other one (12 -> 6 takes 0, 2,
-    4, 6, 8, 10; 2 -> 1 takes block 0).
+    """Which teacher blocks initialise the student: evenly spaced from the first, ``i * N // M``.
+
+    This course's own rule: half as many layers means every other one (12 -> 6 takes 0, 2, 4, 6, 8,
+    10; 2 -> 1 takes block 0).
 
     DistilBERT (Sanh et al., 2019) says it takes "one layer out of two"; the initialisation script
     released with it (Hugging Face's ``extract_distilbert.py``) copies BERT-base layers
@@ -45,8 +46,10 @@ def _blocks(model: nn.Module) -> tuple[nn.ModuleList, str, str]:
 
 
 def init_from_teacher(teacher: nn.Module, layers: Sequence[int] | None = None) -> nn.Module:
-    """A new, shallower student: a copy of ``teacher`` (GPT or ViT) keeping only the blocks in
-    ``layers`` (default: every other one, ``select_layers(n, n // 2)``), in that order.
+    """A new, shallower student: a copy of ``teacher`` (GPT or ViT) keeping only some of its blocks.
+
+    It keeps the blocks in ``layers`` (default: every other one, ``select_layers(n, n // 2)``), in
+    that order.
 
     Embeddings, final LayerNorm and head are copied too (GPT's weight tying survives); the
     config's layer count is updated; the teacher is untouched. Give ``distill_lm`` the same list

@@ -38,10 +38,12 @@ def distill_lm(
     device: str | torch.device | None = None,
     progress: bool | None = None,
 ) -> train.History:
-    """Distil a character model in place: ``kd_loss`` on every position's next-character logits
-    plus ``attention_weight * attention_loss`` between the attention maps. ``layer_map``: the
-    teacher block each student block is compared with (default ``select_layers``, the default
-    init of ``init_from_teacher``; pass the ``layers`` the student was initialised from).
+    """Distil a character model in place, on soft targets and optionally on attention maps.
+
+    ``kd_loss`` on every position's next-character logits plus ``attention_weight * attention_loss``
+    between the attention maps. ``layer_map``: the teacher block each student block is compared with
+    (default ``select_layers``, the default init of ``init_from_teacher``; pass the ``layers`` the
+    student was initialised from).
 
     The training loop is ``train.fit_lm`` with this loss (``loss_fn``): batches, seeding, AdamW,
     clipping and the History (validation loss in nats/char at 10 points and the end).

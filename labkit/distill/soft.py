@@ -64,8 +64,10 @@ def kd_loss(
     temperature: float = 4.0,
     alpha: float = 0.9,
 ) -> Tensor:
-    """Hinton's distillation loss, averaged over samples (nats): ``alpha * T² *
-    KL(softened(teacher, T) || softened(student, T)) + (1 - alpha) * CE(student, y)``.
+    """Hinton's distillation loss, averaged over samples (nats).
+
+    ``alpha * T² * KL(softened(teacher, T) || softened(student, T)) + (1 - alpha) *
+    CE(student, y)``.
 
     The ``T²`` keeps the soft term's gradients the same size whatever the temperature (they scale
     as ``1/T²`` otherwise), so ``alpha`` means the same at every ``T``. Logits are (B, C) or
@@ -115,8 +117,10 @@ def gap_closed(student_acc: float, scratch_acc: float, teacher_acc: float) -> fl
 
 
 def transfer_inputs(dataset: str, num_samples: int, seed: int) -> Tensor:
-    """Extra *unlabelled* inputs for a transfer set: a fresh generated ``dataset`` (every split),
-    labels thrown away. ``seed`` must differ from the training data's so the inputs are new.
+    """Extra *unlabelled* inputs for a transfer set, from a freshly generated ``dataset``.
+
+    Every split of the new ``dataset``, labels thrown away. ``seed`` must differ from the training
+    data's so the inputs are new.
 
     Only generated datasets can make more samples (``mnist1d``); generation is cached on disk.
     Example: ``X_extra = transfer_inputs("mnist1d", 20_000, seed=1)  # (20000, 1, 40)``

@@ -84,8 +84,9 @@ class _TopLevel(ast.NodeVisitor):
 
 
 def top_level_names(source: str, kinds: tuple[str, ...] = ("import", "def", "assign")) -> set[str]:
-    """Names a cell binds at module level by ``kinds`` of statement: import, def (and class),
-    assign (assignments, for/with targets).
+    """Names a cell binds at module level, by ``kinds`` of statement.
+
+    The kinds: import, def (and class), assign (assignments, for/with targets).
 
     Example: ``top_level_names("import numpy as np\\ndef f(): pass")  # {'np', 'f'}``
     """

@@ -31,10 +31,12 @@ def footprint(
     grid_g_per_kwh: float = ENERGY_ASSUMPTIONS["grid_g_per_kwh"],
     pue: float = ENERGY_ASSUMPTIONS["pue"],
 ) -> dict[str, float]:
-    """ESTIMATED energy and emissions of ``cpu_seconds`` of computing: ``energy_j = seconds x
-    watts x pue`` (:func:`energy_estimate_j`: constant power while busy, none when idle),
-    ``energy_wh = energy_j / 3600``, ``co2_g = energy_j / 3.6e6 x grid_g_per_kwh``. A comparison
-    of variants on one machine, never a measurement. Example: ``footprint(12.0)["co2_g"]``
+    """ESTIMATED energy and emissions of ``cpu_seconds`` of computing.
+
+    ``energy_j = seconds x watts x pue`` (:func:`energy_estimate_j`: constant power while busy, none
+    when idle), ``energy_wh = energy_j / 3600``, ``co2_g = energy_j / 3.6e6 x grid_g_per_kwh``. A
+    comparison of variants on one machine, never a measurement.
+    Example: ``footprint(12.0)["co2_g"]``
     """
     seconds = check_number("cpu_seconds", cpu_seconds, minimum=0.0)
     grid = check_number("grid_g_per_kwh", grid_g_per_kwh, minimum=0.0)
@@ -51,8 +53,9 @@ def footprint(
 def inference_footprint(
     latency_ms: float, batch_size: int = 1, inferences: int = 1000, **assumptions: float
 ) -> dict[str, float]:
-    """:func:`footprint` of ``inferences`` predictions at a measured ``latency_ms`` per batch of
-    ``batch_size``: ``latency_ms / 1000 x inferences / batch_size`` busy seconds.
+    """:func:`footprint` of ``inferences`` predictions at a measured ``latency_ms`` per batch.
+
+    Batches are of ``batch_size``: ``latency_ms / 1000 x inferences / batch_size`` busy seconds.
     Example: ``inference_footprint(2.5, batch_size=256)["energy_j"]  # per 1,000 predictions``
     """
     latency_ms = check_number("latency_ms", latency_ms, minimum=0.0)

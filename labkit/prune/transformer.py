@@ -45,8 +45,10 @@ __all__ = [
 
 
 class PrunedSelfAttention(nn.Module):
-    """Self-attention with ``heads`` heads of size ``head_dim`` whose inner width
-    ``heads * head_dim`` may be smaller than the residual width (after head pruning).
+    """Self-attention with ``heads`` heads of size ``head_dim``.
+
+    The inner width ``heads * head_dim`` may be smaller than the residual width (after head
+    pruning).
 
     Same computation as ``labkit.models.SelfAttention`` restricted to the kept heads.
     """

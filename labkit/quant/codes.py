@@ -30,8 +30,10 @@ __all__ = [
 
 @dataclass(frozen=True)
 class GroupQuant:
-    """A group-wise quantized weight: unsigned ``codes`` (out, in) in [0, 2^bits - 1], float16-exact
-    ``scale`` and unsigned ``zero_point`` (out, G) with ``G = ceil(in / group_size)``.
+    """A group-wise quantized weight: unsigned codes, scales and unsigned zero points.
+
+    Unsigned ``codes`` (out, in) in [0, 2^bits - 1], float16-exact ``scale`` and unsigned
+    ``zero_point`` (out, G) with ``G = ceil(in / group_size)``.
 
     Example: ``gq = rtn(w, bits=4, group_size=64); w_hat = gq.dequantize()``
     """
@@ -176,10 +178,11 @@ def ternarize(w: Tensor, threshold: float = 0.7) -> tuple[Tensor, Tensor]:
 
 
 def binarize(w: Tensor) -> tuple[Tensor, Tensor]:
-    """Binary weights with a scale (XNOR-Net's binary-weight approximation, Rastegari et al.,
-    2016): ``w ~ alpha * sign(w)``, ``alpha = mean|w|``, the least-squares scale for those signs
-    (one per layer here; the paper takes one per output filter). BinaryConnect (Courbariaux et
-    al., 2015) uses ``sign(w)`` with no scale.
+    """Binary weights with a scale: XNOR-Net's binary-weight approximation.
+
+    XNOR-Net (Rastegari et al., 2016): ``w ~ alpha * sign(w)``, ``alpha = mean|w|``, the
+    least-squares scale for those signs (one per layer here; the paper takes one per output filter).
+    BinaryConnect (Courbariaux et al., 2015) uses ``sign(w)`` with no scale.
 
     ``sign(0)`` is taken as +1 so every weight is ±1. Returns (signs int8, alpha () float16-exact).
     Example: ``s, a = binarize(w); w_hat = a * s``
@@ -227,8 +230,10 @@ def group_qparams(
 
 
 def fake_quantize_groups(w: Tensor, bits: int, group_size: int, symmetric: bool = False) -> Tensor:
-    """``w`` (out, in) rounded to its group-wise grid and back to float (RTN). When ``group_size``
-    divides ``in``, equal to ``torch.fake_quantize_per_channel_affine`` on ``w.view(-1, group)``.
+    """``w`` (out, in) rounded to its group-wise grid and back to float (RTN).
+
+    When ``group_size`` divides ``in``, equal to ``torch.fake_quantize_per_channel_affine`` on
+    ``w.view(-1, group)``.
 
     Example: ``fake_quantize_groups(w, 3, 32)``
     """

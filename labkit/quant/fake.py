@@ -369,9 +369,11 @@ def packed_bytes(model: nn.Module) -> int:
 
 @contextlib.contextmanager
 def hold_zeros(model: nn.Module) -> Iterator[None]:
-    """Inside the block, the exactly-zero weights of ``model``'s quantized layers get zero gradient
-    (so, with Adam and no weight decay, they stay zero): quantization-aware training of a pruned
-    model keeps its pruned weights out. Example: ``with hold_zeros(qmodel): train.fit(qmodel, ...)``
+    """Inside the block, exactly-zero weights of ``model``'s quantized layers get zero gradient.
+
+    The exactly-zero weights get zero gradient (so, with Adam and no weight decay, they stay zero):
+    quantization-aware training of a pruned model keeps its pruned weights out.
+    Example: ``with hold_zeros(qmodel): train.fit(qmodel, ...)``
     """
     handles = []
     for m in quantized_layers(model).values():

@@ -272,6 +272,7 @@ class IntegerModel(nn.Module):
         return quantize_affine(x.float(), s, z, 8, symmetric=False)
 
     def forward_int(self, q: Tensor) -> Tensor:
+        """Run the integer layers: uint8 codes ``q`` in, uint8 codes out, integers only."""
         _check_uint8(q)
         for layer in self.layers:
             q = layer(q)
@@ -417,8 +418,9 @@ class _TorchAOModel(nn.Module):
 
 
 def torch_ao_reference(model: IntegerModel, backend: str = "fbgemm") -> nn.Module:
-    """The same network on ``torch.ao``'s quantized kernels, with the very same integer weights,
-    int32 biases (passed as ``bias * s_x * s_w``) and scales: the oracle for :func:`to_integer`.
+    """The same network on ``torch.ao``'s quantized kernels: the oracle for :func:`to_integer`.
+
+    It has the very same integer weights, int32 biases (passed as ``bias * s_x * s_w``) and scales.
 
     Its ``forward_int(q)`` maps uint8 codes to uint8 codes like ``model.forward_int``.
     Example: ``ref = torch_ao_reference(imodel); (ref.forward_int(q) == imodel.forward_int(q))``

@@ -38,9 +38,11 @@ def pareto_front(
     minimize_x: bool = True,
     maximize_y: bool = True,
 ) -> list[dict]:
-    """The records no other record beats: kept iff none is at least as good in both x and y and
-    strictly better in one. Duplicates of a front point are all kept; records whose x or y is NaN
-    are left out. Returns the same dict objects, sorted by x ascending (ties: input order).
+    """The records no other record beats.
+
+    A record is kept iff none is at least as good in both x and y and strictly better in one.
+    Duplicates of a front point are all kept; records whose x or y is NaN are left out. Returns the
+    same dict objects, sorted by x ascending (ties: input order).
 
     Example: ``pareto_front(records, x="bytes", y="acc")  # smallest models at each accuracy``
     """
