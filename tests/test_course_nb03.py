@@ -244,3 +244,161 @@ def test_steps_run_this_module_prepare_once_per_part():
         module, name = step.target.split(":")
         assert getattr(importlib.import_module(module), name) is nb03_pruning.prepare
         assert step.name == f"prune:{step.kwargs['parts'][0]}"
+
+
+# --------------------------------------------------------------------------- the notebook's helpers
+
+
+def _shrink_by_hand(conv1, conv2, amount, sign=-1):
+    """A reference: conv1's filters ranked by L1 norm, rebuilt as new (smaller) layers.
+
+    ``sign=-1`` keeps the largest filters (right); ``sign=1`` the smallest (a mistake)."""
+    n = conv1.out_channels
+    order = sorted(range(n), key=lambda i: sign * conv1.weight[i].detach().abs().sum().item())
+    keep = sorted(order[: n - round(amount * n)])
+    small1 = torch.nn.Conv2d(conv1.in_channels, len(keep), conv1.kernel_size, conv1.stride,
+                             conv1.padding, bias=conv1.bias is not None)  # fmt: skip
+    small2 = torch.nn.Conv2d(len(keep), conv2.out_channels, conv2.kernel_size, conv2.stride,
+                             conv2.padding, bias=conv2.bias is not None)  # fmt: skip
+    with torch.no_grad():
+        small1.weight.copy_(conv1.weight[keep])
+        small2.weight.copy_(conv2.weight[:, keep])
+        if conv1.bias is not None:
+            small1.bias.copy_(conv1.bias[keep])
+        if conv2.bias is not None:
+            small2.bias.copy_(conv2.bias)
+    return small1, small2
+
+
+def test_check_shrink_conv_pair_passes_a_correct_shrink_and_catches_mistakes():
+    torch.manual_seed(0)
+    c1, c2, x = (
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.Conv2d(8, 5, 3),
+        torch.randn(2, 3, 7, 7),
+    )
+    nb03_pruning.check_shrink_conv_pair(_shrink_by_hand, c1, c2, 0.5, x)
+    nb03_pruning.check_shrink_conv_pair(_shrink_by_hand, c1, c2, 0.25, x)
+    nobias = torch.nn.Conv2d(3, 8, 3, bias=False)
+    nb03_pruning.check_shrink_conv_pair(_shrink_by_hand, nobias, c2, 0.5, x)
+
+    def largest_dropped(conv1, conv2, amount):
+        return _shrink_by_hand(conv1, conv2, amount, sign=1)
+
+    def conv2_untouched(conv1, conv2, amount):
+        return _shrink_by_hand(conv1, conv2, amount)[0], conv2
+
+    def bias_lost(conv1, conv2, amount):
+        s1, s2 = _shrink_by_hand(conv1, conv2, amount)
+        with torch.no_grad():
+            s2.bias.zero_()
+        return s1, s2
+
+    with pytest.raises(AssertionError, match="not the filters ln_structured keeps"):
+        nb03_pruning.check_shrink_conv_pair(largest_dropped, c1, c2, 0.5, x)
+    with pytest.raises(AssertionError, match="4 filters should remain"):
+        nb03_pruning.check_shrink_conv_pair(conv2_untouched, c1, c2, 0.5, x)
+    with pytest.raises(AssertionError, match="outputs differ"):
+        nb03_pruning.check_shrink_conv_pair(bias_lost, c1, c2, 0.5, x)
+
+
+def test_batch_of_repeats_the_samples_in_order():
+    X = torch.arange(12.0).view(3, 2, 2)  # (3, 2, 2)
+    out = nb03_pruning.batch_of(X, 7)
+    assert out.shape == (7, 2, 2)
+    assert torch.equal(out, torch.cat([X, X, X[:1]]))
+    assert torch.equal(nb03_pruning.batch_of(X, 2), X[:2])
+    with pytest.raises(ValueError, match="n must be"):
+        nb03_pruning.batch_of(X, 0)
+    with pytest.raises(ValueError, match="X must hold"):
+        nb03_pruning.batch_of(X[:0], 4)
+    with pytest.raises(TypeError, match="X must be a torch.Tensor"):
+        nb03_pruning.batch_of([1, 2], 4)
+
+
+def test_pruned_variants_are_the_dense_model_its_zeros_and_its_smaller_copies():
+    torch.manual_seed(0)
+    mlp = models.build("mlp", in_features=12, hidden=(20, 10), num_classes=4)
+    variants = nb03_pruning.pruned_variants(mlp, [0.5, 0.9])
+    assert list(variants) == ["dense", "90% unstructured", "50% channels", "90% channels"]
+    assert variants["dense"] is mlp
+    weights = [m.weight for m in variants["90% unstructured"].modules()
+               if isinstance(m, torch.nn.Linear)]  # fmt: skip
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros == round(0.9 * sum(w.numel() for w in weights))  # global magnitude, masks folded
+    assert not any(
+        name.endswith("_orig") for name, _ in variants["90% unstructured"].named_parameters()
+    )
+    hidden = [
+        m.out_features for m in variants["50% channels"].modules() if isinstance(m, torch.nn.Linear)
+    ]
+    assert hidden == [10, 5, 4]  # half of each hidden layer, the classes kept
+    assert measure.count_params(variants["90% channels"]) < measure.count_params(
+        variants["50% channels"]
+    )
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        nb03_pruning.pruned_variants("mlp", [0.5])
+
+
+def test_time_variants_times_each_group_at_each_batch(monkeypatch):
+    calls = []
+
+    def fake(variants, inputs, **kwargs):
+        calls.append((list(variants), inputs.shape[0], kwargs))
+        return {name: {"median_ms": float(len(name)), "speedup": 1.0} for name in variants}
+
+    monkeypatch.setattr(measure, "compare_latency", fake)
+    a, b = {"dense": torch.nn.Identity(), "small": torch.nn.Identity()}, {"d": torch.nn.Identity()}
+    timings = nb03_pruning.time_variants({"a": (a, torch.zeros(3, 2)), "b": (b, torch.zeros(5, 4))},
+                                         [1, 8], threads=2)  # fmt: skip
+    assert list(timings) == [("a", "dense", 1), ("a", "small", 1), ("a", "dense", 8),
+                             ("a", "small", 8), ("b", "d", 1), ("b", "d", 8)]  # fmt: skip
+    assert timings[("a", "small", 8)]["median_ms"] == 5.0
+    assert [c[1] for c in calls] == [1, 8, 1, 8]  # batches drawn by batch_of
+    assert calls[0][2] == {"threads": 2, "repeats": 30, "min_time_s": 0.3}
+    with pytest.raises(TypeError, match="groups must be a mapping"):
+        nb03_pruning.time_variants([("a", (a, torch.zeros(3, 2)))], [1])
+
+
+def test_latency_curve_pairs_each_model_with_its_timing():
+    latency = {"dense": 4.0, "90% unstructured": 3.9, "50% channels": 2.0, "90% channels": 1.0}
+    summary = [{"scope": "global", "amount": 0.9, "acc": 0.8},
+               {"scope": "global", "amount": 0.5, "acc": 0.85},
+               {"scope": "layer", "amount": 0.9, "acc": 0.7}]  # fmt: skip
+    channels = [{"amount": 0.5, "acc": 0.84, "acc_scratch": 0.83},
+                {"amount": 0.9, "acc": 0.6, "acc_scratch": 0.65}]  # fmt: skip
+    curve = nb03_pruning.latency_curve(latency, 0.86, summary, channels)
+    assert [(r["method"], r["latency_ms"], r["acc"]) for r in curve] == [
+        ("dense", 4.0, 0.86),
+        ("unstructured (masked dense)", 3.9, 0.8),
+        ("channels pruned + fine-tuned", 2.0, 0.84),
+        ("channels pruned + fine-tuned", 1.0, 0.6),
+        ("smaller dense, from scratch", 2.0, 0.83),
+        ("smaller dense, from scratch", 1.0, 0.65),
+    ]
+
+
+def test_results_markdown_reports_the_run_figures():
+    t = {(m, v, b): {"speedup": s}
+         for (m, v, b), s in {("dscnn", "50% channels", 64): 1.8, ("mlp", "50% channels", 64): 1.5,
+                              ("mlp", "90% unstructured", 64): 1.01,
+                              ("dscnn", "90% unstructured", 64): 0.98,
+                              ("dscnn", "50% channels", 1): 1.2,
+                              ("mlp", "50% channels", 1): 1.1}.items()}  # fmt: skip
+    best = {"amount": 0.9, "acc": 0.95, "acc_std": 0.004, "bytes_auto": 20_000}
+    dense = {"acc_pruned": 0.96, "acc_pruned_std": 0.003}
+    channels = [{"amount": 0.5, "acc": 0.9, "acc_scratch": 0.91},
+                {"amount": 0.9, "acc": 0.7, "acc_scratch": 0.75}]  # fmt: skip
+    text = nb03_pruning.results_markdown(best, {"amount": 0.8}, dense, 100_000, t, channels,
+                                         seeds=3, threads=1, batch=64)  # fmt: skip
+    for piece in ["(3 seeds, 1 thread(s))", "**90% sparsity** (95.0% ± 0.4% against 96.0% ± 0.3%",
+                  "held to 80%", "**5.0× fewer bytes** (20,000 against 100,000)",
+                  "DSCNN **1.80×** and the MLP **1.50×** faster at batch 64",
+                  "(1.20× and 1.10× at batch 1)", "gave 1.01× (MLP) and 0.98× (DSCNN)",
+                  "With 90% of the neurons removed, the fine-tuned MLP reached 70.0%",
+                  "from scratch 75.0%."]:  # fmt: skip
+        assert piece in text, piece
+    with pytest.raises(ValueError, match="seeds must be"):
+        nb03_pruning.results_markdown(
+            best, best, dense, 1, t, channels, seeds=0, threads=1, batch=64
+        )
