@@ -55,6 +55,7 @@ COURSE_MODULES = (
     "nb00_basics",
     "nb02_distillation",
     "nb03_pruning",
+    "nb04_quantization",
     "nb06_dynamic",
     "nb07_condense",
     "nb08_capstone",
