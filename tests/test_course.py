@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from labkit import cli, course, models
-from labkit.course import nb02_distillation, nb03_pruning, nb06_dynamic, nb07_condense
+from labkit.course import (
+    nb02_distillation,
+    nb03_pruning,
+    nb05_lowbit,
+    nb06_dynamic,
+    nb07_condense,
+)
 
 
 def _stamp(log: str, name: str, sleep: float = 0.0) -> None:
@@ -38,6 +44,8 @@ def test_the_plan_covers_every_model_and_sweep_in_a_valid_order():
         assert f"dynamic:{part}" in names
     for part in nb03_pruning.PARTS:
         assert f"prune:{part}" in names
+    for part in nb05_lowbit.PARTS:
+        assert f"lowbit:{part}" in names
     for i, step in enumerate(plan):
         for need in step.needs:
             assert need in names[:i], f"{step.name} listed before {need}"
@@ -45,6 +53,8 @@ def test_the_plan_covers_every_model_and_sweep_in_a_valid_order():
     by_name = {s.name: s for s in plan}
     assert "model:cnn1d/mnist1d" in by_name["distill:main"].needs
     assert "model:gpt/pydoc" in by_name["distill:gpt"].needs
+    assert by_name["lowbit:lm"].needs == ("model:gpt/pydoc",)
+    assert by_name["lowbit:classifier"].needs == ("model:mlp/mnist1d",)
 
 
 def test_only_restricts_to_models_and_their_data():

@@ -52,6 +52,7 @@ _DATASETS = ("digits", "mnist1d", "pydoc")
 COURSE_MODULES = (
     "nb02_distillation",
     "nb03_pruning",
+    "nb05_lowbit",
     "nb06_dynamic",
     "nb07_condense",
     "nb08_capstone",
