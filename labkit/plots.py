@@ -30,6 +30,7 @@ __all__ = [
     "line",
     "format_bytes",
     "axis_label",
+    "size_tradeoff",
     "draw_bit_limits",
     "is_bytes_key",
 ]
@@ -166,6 +167,50 @@ def line(
     _decorate(ax, records, x, y, logx)
     if _has(records, hue):
         ax.legend(title=hue, fontsize=8, title_fontsize=8)
+    return ax
+
+
+_STYLES = (("-", "solid"), ("--", "dashed"), (":", "dotted"), ("-.", "dash-dot"))
+
+
+def size_tradeoff(
+    records: Sequence[Mapping[str, Any]],
+    y: str,
+    hue: str = "method",
+    style: str = "group_size",
+    *,
+    x: str = "bytes",
+    reference: Mapping[str, Any] | None = None,
+    ax: Axes | None = None,
+    logy: bool = False,
+) -> Axes:
+    """Quality ``y`` against size ``x`` (log scale): one colour per ``hue`` value, one line style
+    per ``style`` value (solid, dashed, dotted, dash-dot, in order of appearance, then again), a
+    line through each (hue, style) pair's points sorted by ``x``; ``reference`` (a record with
+    ``x`` and ``y``, e.g. the float model) is a black star.
+
+    Example: ``size_tradeoff(records, "ppl", reference={"bytes": 9e5, "ppl": 4.1}, logy=True)``
+    """
+    records = _prepare(records, x, y, hue)
+    sweep.check_keys(records, [style])
+    ax = _axes(ax)
+    styles = {v: _STYLES[i % len(_STYLES)] for i, v in enumerate(sweep.unique(records, style))}
+    for i, h in enumerate(sweep.unique(records, hue)):
+        label: str | None = _short(h)  # one legend entry per hue value
+        for value, (ls, _) in styles.items():
+            members = sorted(sweep.select(records, **{hue: h, style: value}), key=lambda r: r[x])
+            if members:
+                xs, ys = [r[x] for r in members], [r[y] for r in members]
+                ax.plot(xs, ys, ls, marker="o", ms=4, lw=1, color=f"C{i}", label=label)
+                label = None
+    if reference is not None:
+        ax.plot([reference[x]], [reference[y]], "k*", markersize=12, label="fp32")
+    _decorate(ax, records, x, y, logx=True)
+    if logy:
+        ax.set_yscale("log")
+    names = ", ".join(f"{_short(v)} {name}" for v, (_, name) in styles.items())
+    ax.set_title(f"{style}: {names}", fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     return ax
 
 

@@ -14,6 +14,7 @@ from labkit.course import (
     nb02_distillation,
     nb03_pruning,
     nb04_quantization,
+    nb05_lowbit,
     nb06_dynamic,
     nb07_condense,
 )
@@ -46,6 +47,8 @@ def test_the_plan_covers_every_model_and_sweep_in_a_valid_order():
         assert f"prune:{part}" in names
     for part in nb04_quantization.PARTS:
         assert f"quant8:{part}" in names
+    for part in nb05_lowbit.PARTS:
+        assert f"lowbit:{part}" in names
     for i, step in enumerate(plan):
         for need in step.needs:
             assert need in names[:i], f"{step.name} listed before {need}"
@@ -56,6 +59,8 @@ def test_the_plan_covers_every_model_and_sweep_in_a_valid_order():
     # notebook 04's sweeps read the zoo's digits models
     assert "model:dscnn/digits" in by_name["quant8:ptq"].needs
     assert {"model:lenet/digits", "model:mlp/digits"} <= set(by_name["quant8:int8"].needs)
+    assert by_name["lowbit:lm"].needs == ("model:gpt/pydoc",)
+    assert by_name["lowbit:classifier"].needs == ("model:mlp/mnist1d",)
 
 
 def test_only_restricts_to_models_and_their_data():

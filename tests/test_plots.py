@@ -161,3 +161,30 @@ def test_draw_bit_limits_marks_the_size_at_each_bit_width():
         assert [t.get_text() for t in ax.texts] == ["8 b/w", "4 b/w", "1.58 b/w"]
     finally:
         plt.close(fig)
+
+
+def test_size_tradeoff_draws_a_line_per_method_and_group_size():
+    records = [
+        {
+            "method": m,
+            "group_size": g,
+            "bits": b,
+            "bytes": 100 * b * (2 if g == 64 else 1),
+            "ppl": p,
+        }
+        for m, p in (("rtn", 9.0), ("gptq", 7.0))
+        for g in (16, 64)
+        for b in (2, 3, 4)
+    ] + [{"method": "kmeans", "group_size": "layer", "bits": 2, "bytes": 150, "ppl": 8.0}]
+    ax = plots.size_tradeoff(records, "ppl", reference={"bytes": 5000, "ppl": 5.0}, ax=fresh_ax())
+    lines = ax.get_lines()
+    assert len(lines) == 2 * 2 + 1 + 1  # (method, group size) pairs, kmeans, the fp32 star
+    styles = {(line.get_color(), line.get_linestyle()) for line in lines[:4]}
+    assert styles == {("C0", "-"), ("C0", "--"), ("C1", "-"), ("C1", "--")}
+    assert lines[4].get_linestyle() == ":"  # the third group size
+    assert list(lines[0].get_xdata()) == [200, 300, 400]  # sorted by bytes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["rtn", "gptq", "kmeans", "fp32"]
+    assert ax.get_title() == "group_size: 16 solid, 64 dashed, layer dotted"
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "linear"
+    with pytest.raises(ValueError, match="bits_typo"):
+        plots.size_tradeoff(records, "ppl", style="bits_typo", ax=fresh_ax())

@@ -56,6 +56,7 @@ COURSE_MODULES = (
     "nb02_distillation",
     "nb03_pruning",
     "nb04_quantization",
+    "nb05_lowbit",
     "nb06_dynamic",
     "nb07_condense",
     "nb08_capstone",
