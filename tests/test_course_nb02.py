@@ -83,12 +83,12 @@ def test_small_data_run_teaches_the_first_inputs_with_the_teacher_alone(monkeypa
     monkeypatch.setattr(nb02, "_mnist1d_train_logits", lambda: (Data, logits))
     monkeypatch.setattr(distill, "distill", fake_distill)
     monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {"acc": 0.5})
-    out = nb02.small_data_run("soft", 350, seed=1, temperature=8.0, steps=300)
+    out = nb02.small_data_run("soft", 350, seed=1, temperature=8.0, num_steps=300)
     assert out["acc"] == 0.5 and out["params"] == 40 * 256 + 256 + 256 * 10 + 10
     assert seen["alpha"] == 1.0 and seen["targets"] == "soft" and seen["temperature"] == 8.0
     assert torch.equal(seen["teacher"], logits[:350]) and torch.equal(seen["data"][0], X[:350])
     assert seen["batch_size"] == 256 and seen["num_epochs"] * 2 == 300  # 2 batches per epoch
-    nb02.small_data_run("hard", 100, steps=300)
+    nb02.small_data_run("hard", 100, num_steps=300)
     assert seen["targets"] == "hard" and seen["batch_size"] == 100 and seen["num_epochs"] == 300
     with pytest.raises(ValueError, match="num_inputs must be"):
         nb02.small_data_run("soft", 601)
@@ -108,7 +108,7 @@ def test_gpt_run_compares_each_block_with_the_block_it_was_initialised_from(monk
     monkeypatch.setattr(models, "pretrained", lambda *args, **kwargs: teacher)
     monkeypatch.setattr(data, "load", lambda *args, **kwargs: _Text())
     monkeypatch.setattr(distill, "distill_lm", lambda s, t, text, **kw: seen.update(kw, s=s))
-    nb02.gpt_run("init_kd_attn", steps=1)
+    nb02.gpt_run("init_kd_attn", num_steps=1)
     assert seen["attention_weight"] > 0 and seen["layer_map"] == [0, 2]
     for i, j in enumerate(seen["layer_map"]):
         for key, value in teacher.transformer.h[j].state_dict().items():

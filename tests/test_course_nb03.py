@@ -155,7 +155,11 @@ def test_run_functions_can_go_to_worker_processes():
     [
         (nb03_pruning.unstructured_sweep, {"seed": 0}, "points must be a list"),
         (nb03_pruning.unstructured_sweep, [{"seed": 0}], "keys key, dataset, seed"),
-        (nb03_pruning.vit_sweep, [dict(key="x", change="heads", amount=1, epochs=1, lr=1)], "key"),
+        (
+            nb03_pruning.vit_sweep,
+            [dict(key="x", change="heads", amount=1, num_epochs=1, lr=1)],
+            "key",
+        ),
         (nb03_pruning.structured_sweep, "course_points", "dataset must be one of"),
         (nb03_pruning.unstructured_sweep, "scope", "scope must be one of"),
     ],

@@ -54,7 +54,7 @@ def test_points_cover_the_notebooks_grid():
     assert len(nb05_lowbit.sweep_points()) == 29
     pts = nb05_lowbit.course_points(calib_windows=4, qat_epochs=3)
     assert {p["calib_windows"] for p in pts["lm"]} == {4} and len(pts["lm"]) == 29
-    assert pts["qat"] == [{"epochs": 3, "classifier": "mlp", "dataset": "mnist1d"}]
+    assert pts["qat"] == [{"num_epochs": 3, "classifier": "mlp", "dataset": "mnist1d"}]
 
 
 def test_the_notebooks_parameters_are_the_course_defaults():

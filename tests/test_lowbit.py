@@ -138,7 +138,7 @@ def test_quantize_returns_a_new_model_and_honours_skip():
     assert torch.allclose(q(x), before, atol=0.05)  # 8 bits: close to float
     with pytest.raises(ValueError, match=r"^skip must name Linear layers of the model"):
         lowbit.quantize(model, LowBitConfig(skip=("head",)))
-    with pytest.raises(ValueError, match=r"^calib must be a tensor of model inputs"):
+    with pytest.raises(ValueError, match=r"^calib_data must be a tensor of model inputs"):
         lowbit.quantize(model, LowBitConfig(method="gptq"))
     with pytest.raises(ValueError, match=r"^config must be a LowBitConfig"):
         lowbit.quantize(model, quant.QuantConfig())

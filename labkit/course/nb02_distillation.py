@@ -157,7 +157,7 @@ def small_data_run(
     seed: int = 0,
     width: int = 256,
     temperature: float = 8.0,
-    steps: int = 300,
+    num_steps: int = 300,
     lr: float = 1e-2,
 ) -> dict:
     """One point of sweep ``02-distill-small``: an MLP student taught on few inputs.
@@ -166,19 +166,19 @@ def small_data_run(
     alone (``alpha = 1``): its argmax labels (``targets='hard'``) or its distribution softened at
     ``temperature`` (``'soft'``). Returns the test accuracy and the parameter count. The setting
     of Hinton, Vinyals & Dean (2015, section 6): with few inputs the soft targets carry much more
-    information per input than a label. Every run takes about ``steps`` optimizer steps at batch
+    information per input than a label. Every run takes about ``num_steps`` optimizer steps at batch
     ``min(256, num_inputs)``, whatever ``num_inputs`` is. Deterministic given ``seed``.
     Example: ``small_data_run("soft", 350)["acc"]``
     """
     check_choice("targets", targets, distill.TARGETS)
     check_int("width", width, minimum=1)
-    check_int("steps", steps, minimum=1)
+    check_int("num_steps", num_steps, minimum=1)
     mnist, logits = _mnist1d_train_logits()
     n = check_int("num_inputs", num_inputs, minimum=1, maximum=len(mnist.X_train))
     with utils.seeded(check_int("seed", seed, minimum=0)):
         student = models.build("mlp", in_features=40, hidden=(width,))
     batch_size = min(256, n)
-    epochs = max(1, round(steps / math.ceil(n / batch_size)))
+    epochs = max(1, round(num_steps / math.ceil(n / batch_size)))
     subset = (mnist.X_train[:n], mnist.y_train[:n])  # the true labels are not used (alpha = 1)
     with utils.num_threads(1):
         distill.distill(student, logits[:n], subset, targets=targets, temperature=temperature,
@@ -196,13 +196,13 @@ that init plus soft targets; plus attention maps, each student block against the
 was initialised from."""
 
 
-def gpt_run(method: str, seed: int = 0, steps: int = 200, temperature: float = 1.0) -> dict:
+def gpt_run(method: str, seed: int = 0, num_steps: int = 200, temperature: float = 1.0) -> dict:
     """One point of sweep ``02-distill-gpt``: a half-depth GPT student trained by ``method``.
 
     The teacher is the pretrained ``gpt``/``pydoc``; ``method`` is one of ``GPT_METHODS``,
-    trained for ``steps`` steps. Returns the student's validation loss (nats/char, on the whole
+    trained for ``num_steps`` steps. Returns the student's validation loss (nats/char, on the whole
     validation split), perplexity and parameter count. Deterministic given ``seed``.
-    Example: ``gpt_run("init_kd", steps=200)["ppl"]``
+    Example: ``gpt_run("init_kd", num_steps=200)["ppl"]``
     """
     check_choice("method", method, GPT_METHODS)
     check_int("seed", seed, minimum=0)
@@ -219,7 +219,7 @@ def gpt_run(method: str, seed: int = 0, steps: int = 200, temperature: float = 1
             student,
             teacher,
             text,
-            num_steps=steps,
+            num_steps=num_steps,
             temperature=temperature,
             alpha=0.5 if method.startswith("init_kd") else 0.0,
             attention_weight=1.0 if method == "init_kd_attn" else 0.0,
@@ -291,7 +291,7 @@ def small_sweep(points: Sequence[dict], progress: bool | None = None) -> list[di
 def gpt_sweep(points: Sequence[dict], progress: bool | None = None) -> list[dict]:
     """``sweep.run(gpt_run, points)``, cached on disk as sweep ``02-distill-gpt``.
 
-    Example: ``gpt_sweep(sweep.grid(method=list(GPT_METHODS), steps=[30]))``
+    Example: ``gpt_sweep(sweep.grid(method=list(GPT_METHODS), num_steps=[30]))``
     """
     version = models.cache_key("gpt", "pydoc")
     return sweep.run(gpt_run, points, name="02-distill-gpt", version=version, progress=progress)
@@ -323,7 +323,7 @@ def course_points(
         ),  # fmt: skip
         "width": sweep.grid(method=["scratch", "transfer_soft"], width=list(widths)),
         "gpt": sweep.grid(
-            method=list(GPT_METHODS), steps=[check_int("gpt_steps", gpt_steps, minimum=1)]
+            method=list(GPT_METHODS), num_steps=[check_int("gpt_steps", gpt_steps, minimum=1)]
         ),
         "small": sweep.grid(
             targets=list(distill.TARGETS),

@@ -119,10 +119,10 @@ def dense_mlp(dataset: str, seed: int) -> nn.Module:
 
 
 def unstructured(
-    key: str, dataset: str, seed: int, scope: str, amount: float, epochs: int, lr: float
+    key: str, dataset: str, seed: int, scope: str, amount: float, num_epochs: int, lr: float
 ) -> dict[str, Any]:
     """Magnitude-prune the dense MLP of ``seed`` to ``amount`` (``scope`` "layer" or "global"),
-    fine-tune ``epochs`` with the masks held at zero. Returns test accuracies before
+    fine-tune ``num_epochs`` with the masks held at zero. Returns test accuracies before
     (``acc_pruned``) and after (``acc``) fine-tuning, ``nonzero`` weights, and the model's bytes in
     every sparse encoding (``bytes_dense``, ``bytes_bitmask``, ``bytes_csr``, ``bytes_auto``).
     ``key`` names the pretrained weights for the cache only.
@@ -132,7 +132,7 @@ def unstructured(
     model = prune.magnitude(dense_mlp(dataset, seed), amount, scope)
     acc_pruned = train.evaluate(model, ds)["acc"]
     train.fit(
-        model, ds, num_epochs=epochs, lr=lr, seed=seed, device="cpu", val=False, progress=False
+        model, ds, num_epochs=num_epochs, lr=lr, seed=seed, device="cpu", val=False, progress=False
     )
     return {
         "acc_pruned": acc_pruned,
@@ -148,12 +148,13 @@ def schedules(
     seed: int,
     amount: float,
     schedule: str,
-    epochs: int,
-    steps: int,
+    num_epochs: int,
+    num_stages: int,
     lr: float,
 ) -> dict[str, Any]:
     """Prune the dense MLP of ``seed`` to ``amount`` with ``prune.prune_finetune`` (``schedule``
-    "oneshot" or "gradual" in ``steps`` cubic stages, ``epochs`` in total). Returns ``{acc}``.
+    "oneshot" or "gradual" in ``num_stages`` cubic stages, ``num_epochs`` in total).
+    Returns ``{acc}``.
     Example: ``schedules(key, "digits", 0, 0.95, "gradual", 8, 4, 3e-3)["acc"]``
     """
     ds = data.load(dataset)
@@ -162,8 +163,8 @@ def schedules(
         ds,
         amount=amount,
         schedule=schedule,
-        num_stages=steps,
-        num_epochs=epochs,
+        num_stages=num_stages,
+        num_epochs=num_epochs,
         lr=lr,
         seed=seed,
     )
@@ -171,7 +172,7 @@ def schedules(
 
 
 def ticket(
-    key: str, dataset: str, seed: int, amount: float, rounds: int, epochs: int, lr: float
+    key: str, dataset: str, seed: int, amount: float, rounds: int, num_epochs: int, lr: float
 ) -> dict[str, Any]:
     """The lottery-ticket experiment (``prune.lottery_ticket``) on a fresh MLP of the recipe's
     architecture, seeded with ``seed``: test accuracies ``{dense, rewind, random, sparsity}``.
@@ -183,17 +184,17 @@ def ticket(
         data.load(dataset),
         amount=amount,
         rounds=rounds,
-        num_epochs=epochs,
+        num_epochs=num_epochs,
         lr=lr,
         seed=seed,
     )
 
 
 def structured(
-    key: str, dataset: str, seed: int, amount: float, epochs: int, lr: float
+    key: str, dataset: str, seed: int, amount: float, num_epochs: int, lr: float
 ) -> dict[str, Any]:
     """Remove ``amount`` of the neurons of every hidden layer of the dense MLP of ``seed``
-    (``ps.prune_channels``), fine-tune ``epochs``, and train the same smaller architecture from
+    (``ps.prune_channels``), fine-tune ``num_epochs``, and train the same smaller architecture from
     scratch with the full dense recipe (the fair baseline). Returns ``hidden`` (the new widths),
     ``params``, ``bytes`` (dense encoding), ``acc_pruned``, ``acc`` and ``acc_scratch``.
     Example: ``structured(key, "digits", 0, 0.5, 5, 3e-3)["hidden"]  # [150, 50]``
@@ -202,7 +203,7 @@ def structured(
     small = ps.prune_channels(dense_mlp(dataset, seed), amount)
     acc_pruned = train.evaluate(small, ds)["acc"]
     train.fit(
-        small, ds, num_epochs=epochs, lr=lr, seed=seed, device="cpu", val=False, progress=False
+        small, ds, num_epochs=num_epochs, lr=lr, seed=seed, device="cpu", val=False, progress=False
     )
     scratch = train_mlp(dataset, seed, small.config)
     return {
@@ -224,8 +225,8 @@ def head_scores(key: str) -> dict[str, torch.Tensor]:
     return pt.head_importance(models.pretrained("vit", "digits"), data.load("digits"), "ablation")
 
 
-def surgery(key: str, change: str, amount: float, epochs: int, lr: float) -> dict[str, Any]:
-    """Cut the pretrained digits ViT, then fine-tune ``epochs`` (seed 0). ``change="heads"``:
+def surgery(key: str, change: str, amount: float, num_epochs: int, lr: float) -> dict[str, Any]:
+    """Cut the pretrained digits ViT, then fine-tune ``num_epochs`` (seed 0). ``change="heads"``:
     remove the ``amount`` least important heads (``head_scores``, ``pt.prune_heads``);
     ``change="block"``: skip residual block number ``amount`` (``pt.drop_layers``). Returns
     ``params``, ``bytes``, ``acc_cut`` (before fine-tuning) and ``acc``.
@@ -238,7 +239,7 @@ def surgery(key: str, change: str, amount: float, epochs: int, lr: float) -> dic
         small = pt.drop_layers(vit, [amount])
     acc_cut = train.evaluate(small, digits)["acc"]
     train.fit(
-        small, digits, num_epochs=epochs, lr=lr, seed=0, device="cpu", val=False, progress=False
+        small, digits, num_epochs=num_epochs, lr=lr, seed=0, device="cpu", val=False, progress=False
     )
     return {
         "params": measure.count_params(small),
@@ -391,11 +392,11 @@ def course_points(
     vit_key = models.cache_key("vit", "digits")
     common = {"key": [mlp_key], "dataset": [dataset], "seed": list(seeds)}
     vit = [
-        {"key": vit_key, "change": "heads", "amount": a, "epochs": 2, "lr": 3e-4}
+        {"key": vit_key, "change": "heads", "amount": a, "num_epochs": 2, "lr": 3e-4}
         for a in (0.25, 0.5, 0.75)
     ]
     vit += [
-        {"key": vit_key, "change": "block", "amount": i, "epochs": 2, "lr": 3e-4}
+        {"key": vit_key, "change": "block", "amount": i, "num_epochs": 2, "lr": 3e-4}
         for i in range(models.RECIPES[("vit", "digits")].config.depth)
     ]
     return {
@@ -403,20 +404,20 @@ def course_points(
             **common,
             scope=["layer", "global"],
             amount=[0.0, *amounts],
-            epochs=[ft_epochs],
+            num_epochs=[ft_epochs],
             lr=[ft_lr],
         ),
         "schedules": sweep.grid(
             **common,
             amount=[0.95, 0.97],
             schedule=["oneshot", "gradual"],
-            epochs=[4],
-            steps=[4],
+            num_epochs=[4],
+            num_stages=[4],
             lr=[ft_lr],
         ),
-        "lottery": sweep.grid(**common, amount=[0.9, 0.95], rounds=[2], epochs=[5], lr=[3e-3]),
+        "lottery": sweep.grid(**common, amount=[0.9, 0.95], rounds=[2], num_epochs=[5], lr=[3e-3]),
         "structured": sweep.grid(
-            **common, amount=list(channel_amounts), epochs=[ft_epochs], lr=[ft_lr]
+            **common, amount=list(channel_amounts), num_epochs=[ft_epochs], lr=[ft_lr]
         ),
         "vit": vit,
     }

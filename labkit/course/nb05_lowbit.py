@@ -136,14 +136,14 @@ def quantized(
     method: str,
     bits: int,
     group_size: int | str,
-    calib: Any = None,
+    calib_data: Any = None,
     skip: Sequence[str] = (),
 ) -> nn.Module:
     """A copy of ``model`` with packed low-bit Linear layers (``lowbit.quantize``).
 
     ``method``: one of :data:`METHODS` (``rtn-sym`` is symmetric RTN; ``twn`` and ``binary``
     ignore ``bits``); ``group_size``: input columns per scale, ``"row"`` (one scale per output
-    row) or ``"layer"`` (codebook methods: one table per layer); ``calib``: inputs for GPTQ.
+    row) or ``"layer"`` (codebook methods: one table per layer); ``calib_data``: inputs for GPTQ.
     Example: ``quantized(mlp, "gptq", 3, 64, X[:512])``
     """
     check_choice("method", method, METHODS)
@@ -155,7 +155,7 @@ def quantized(
         method="rtn" if method == "rtn-sym" else method,
         skip=tuple(skip),
     )
-    return lowbit.quantize(model, config, calib)
+    return lowbit.quantize(model, config, calib_data)
 
 
 def _sizes(q: nn.Module) -> dict[str, int]:
@@ -205,22 +205,22 @@ def classifier_point(
 
 
 def qat_point(
-    epochs: int, classifier: str = COURSE["classifier"], dataset: str = COURSE["dataset"]
+    num_epochs: int, classifier: str = COURSE["classifier"], dataset: str = COURSE["dataset"]
 ) -> dict[str, Any]:
-    """Ternary QAT (BitNet b1.58 style) of the zoo's ``classifier`` for ``epochs`` (seed 0).
+    """Ternary QAT (BitNet b1.58 style) of the zoo's ``classifier`` for ``num_epochs`` (seed 0).
 
     ``lowbit.to_bitlinear`` then ``train.fit``; returns the test accuracy of absmean ternary PTQ
     of the float model (``ptq_acc``), of the trained model packed (``qat_acc``) and unpacked
     (``train_acc``), and the packed file's ``bytes``.
     Example: ``qat_point(10)["qat_acc"]``
     """
-    epochs = check_int("epochs", epochs, minimum=1)
+    num_epochs = check_int("num_epochs", num_epochs, minimum=1)
     ds = data.load(dataset)
     model = models.pretrained(classifier, dataset)
     bit_model = lowbit.to_bitlinear(model)
     train.fit(
-        bit_model, ds, num_epochs=epochs, lr=COURSE["qat_lr"], batch_size=COURSE["qat_batch_size"],
-        val=False, progress=False, seed=0,
+        bit_model, ds, num_epochs=num_epochs, lr=COURSE["qat_lr"],
+        batch_size=COURSE["qat_batch_size"], val=False, progress=False, seed=0,
     )  # fmt: skip
     absmean = lowbit.LowBitConfig(method="absmean")
     packed = lowbit.quantize(bit_model, absmean)
@@ -276,7 +276,7 @@ def course_points(
     """The points of notebook 05's sweeps: ``lm``, ``classifier`` (:func:`sweep_points` with the
     model each point quantizes) and ``qat`` (one point).
 
-    Example: ``course_points()["qat"]  # [{'epochs': 10, 'classifier': 'mlp', ...}]``
+    Example: ``course_points()["qat"]  # [{'num_epochs': 10, 'classifier': 'mlp', ...}]``
     """
     calib_windows = check_int("calib_windows", calib_windows, minimum=1)
     base = sweep_points(bits, group_sizes)
@@ -285,7 +285,7 @@ def course_points(
     return {
         "lm": [{**p, **lm_keys} for p in base],
         "classifier": [{**p, **clf_keys, "calib_examples": COURSE["calib_examples"]} for p in base],
-        "qat": [{"epochs": check_int("qat_epochs", qat_epochs, minimum=1), **clf_keys}],
+        "qat": [{"num_epochs": check_int("qat_epochs", qat_epochs, minimum=1), **clf_keys}],
     }
 
 

@@ -258,19 +258,23 @@ def weight_bytes(model: nn.Module) -> dict[str, int]:
 
 
 @torch.no_grad()
-def quantize(model: nn.Module, config: LowBitConfig | None = None, calib: Any = None) -> nn.Module:
+def quantize(
+    model: nn.Module, config: LowBitConfig | None = None, calib_data: Any = None
+) -> nn.Module:
     """A new model whose Linear layers are :class:`PackedLinear` (see :func:`quantize_`).
 
     Example: ``qmodel = quantize(model, LowBitConfig(bits=3, method="gptq"), X_calib)``
     """
-    return quantize_(copy.deepcopy(model), config, calib)
+    return quantize_(copy.deepcopy(model), config, calib_data)
 
 
 @torch.no_grad()
-def quantize_(model: nn.Module, config: LowBitConfig | None = None, calib: Any = None) -> nn.Module:
+def quantize_(
+    model: nn.Module, config: LowBitConfig | None = None, calib_data: Any = None
+) -> nn.Module:
     """In place: replace every ``nn.Linear`` (except ``config.skip``) by a PackedLinear.
 
-    ``calib`` (``gptq`` only): a batch of model inputs (a tensor: images, or token ids (B, T)).
+    ``calib_data`` (``gptq`` only): a batch of model inputs (a tensor: images, or token ids (B, T)).
     GPTQ runs layer by layer in module order, each Hessian taken from the inputs the layer sees
     with every earlier layer already quantized (a few hundred tokens or samples suffice).
     Returns ``model`` in eval mode. Example: ``quantize_(model, LowBitConfig(method="twn"))``
@@ -278,8 +282,8 @@ def quantize_(model: nn.Module, config: LowBitConfig | None = None, calib: Any =
     config = LowBitConfig() if config is None else config
     if not isinstance(config, LowBitConfig):
         raise ArgumentTypeError(f"config must be a LowBitConfig; got {type(config).__name__}")
-    if config.method == "gptq" and not torch.is_tensor(calib):
-        raise ValueError("calib must be a tensor of model inputs when method='gptq'")
+    if config.method == "gptq" and not torch.is_tensor(calib_data):
+        raise ValueError("calib_data must be a tensor of model inputs when method='gptq'")
     model.eval()
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     unknown = [s for s in config.skip if s not in names]
@@ -289,7 +293,7 @@ def quantize_(model: nn.Module, config: LowBitConfig | None = None, calib: Any =
         if name in config.skip:
             continue
         layer = model.get_submodule(name)
-        H = _layer_hessian(model, layer, calib) if config.method == "gptq" else None
+        H = _layer_hessian(model, layer, calib_data) if config.method == "gptq" else None
         _set_submodule(model, name, _pack_layer(layer, config, H))
     return model
 
@@ -313,11 +317,11 @@ def _pack_layer(layer: nn.Linear, config: LowBitConfig, H: Tensor | None) -> Pac
                                       layer.bias)  # fmt: skip
 
 
-def _layer_hessian(model: nn.Module, layer: nn.Module, calib: Tensor) -> Tensor:
+def _layer_hessian(model: nn.Module, layer: nn.Module, calib_data: Tensor) -> Tensor:
     seen: list[Tensor] = []
     handle = layer.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
     try:
-        model(calib)
+        model(calib_data)
     finally:
         handle.remove()
     X = torch.cat([x.reshape(-1, x.shape[-1]) for x in seen])  # (N, in)
