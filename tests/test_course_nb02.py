@@ -9,6 +9,7 @@ import torch
 
 from labkit import distill, models, train
 from labkit.course import nb02_distillation as nb02
+from labkit.course import nb02_figures
 
 
 def _logits(*shape: int, seed: int = 0, scale: float = 3.0) -> torch.Tensor:
@@ -206,7 +207,7 @@ def _kd_by_hand(s, t, y, T, alpha):
 def test_check_kd_loss_passes_the_formula_and_catches_each_mistake():
     s, t = _logits(16, 10, seed=2), _logits(16, 10, seed=3)
     y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(4))
-    nb02.check_kd_loss(_kd_by_hand, s, t, y)
+    nb02_figures.check_kd_loss(_kd_by_hand, s, t, y)
     no_t2 = lambda s, t, y, T, a: _kd_by_hand(s, t, y, T, a) / (T * T if a == 1 else 1)  # noqa: E731
     per_sample = lambda s, t, y, T, a: _kd_by_hand(s, t, y, T, a).expand(2)  # noqa: E731
     swapped = lambda s, t, y, T, a: _kd_by_hand(t, s, y, T, a)  # noqa: E731
@@ -214,7 +215,7 @@ def test_check_kd_loss_passes_the_formula_and_catches_each_mistake():
     for wrong, match in [(no_t2, "T=8.0, alpha=1.0"), (per_sample, "scalar"),
                          (swapped, "T=1.0, alpha=0.5"), (sum_not_mean, "T=1.0")]:  # fmt: skip
         with pytest.raises(AssertionError, match=match):
-            nb02.check_kd_loss(wrong, s, t, y)
+            nb02_figures.check_kd_loss(wrong, s, t, y)
 
 
 def test_check_kd_loss_checks_the_gradient():
@@ -229,25 +230,25 @@ def test_check_kd_loss_checks_the_gradient():
         )
 
     with pytest.raises(AssertionError, match="gradient"):
-        nb02.check_kd_loss(half_gradient, s, t, y)
+        nb02_figures.check_kd_loss(half_gradient, s, t, y)
 
 
 def test_forward_blocks_is_the_model_through_the_chosen_blocks():
     gpt, idx = _gpt(n_layer=3), torch.randint(0, 11, (2, 8), generator=torch.Generator())
-    assert torch.allclose(nb02.forward_blocks(gpt, [0, 1, 2], idx), gpt(idx), atol=1e-6)
+    assert torch.allclose(nb02_figures.forward_blocks(gpt, [0, 1, 2], idx), gpt(idx), atol=1e-6)
     import copy
 
     picked = copy.deepcopy(gpt)  # the model rebuilt with blocks 2 then 0
     picked.transformer.h = torch.nn.ModuleList([picked.transformer.h[2], picked.transformer.h[0]])
-    out = nb02.forward_blocks(gpt, [2, 0], idx)
+    out = nb02_figures.forward_blocks(gpt, [2, 0], idx)
     assert out.shape == (2, 8, 11) and torch.allclose(out, picked(idx), atol=1e-6)
     assert not torch.allclose(out, gpt(idx), atol=1e-3)
 
 
 def test_check_init_from_teacher_passes_the_technique_and_catches_mistakes():
     teacher, idx = _gpt(n_layer=4), torch.randint(0, 11, (2, 8), generator=torch.Generator())
-    nb02.check_init_from_teacher(distill.init_from_teacher, teacher, idx, layers=[0, 2])
-    nb02.check_init_from_teacher(distill.init_from_teacher, teacher, idx, layers=[3, 1])
+    nb02_figures.check_init_from_teacher(distill.init_from_teacher, teacher, idx, layers=[0, 2])
+    nb02_figures.check_init_from_teacher(distill.init_from_teacher, teacher, idx, layers=[3, 1])
 
     def wrong_blocks(t, layers):
         return distill.init_from_teacher(t, [i + 1 for i in layers])
@@ -264,11 +265,11 @@ def test_check_init_from_teacher_passes_the_technique_and_catches_mistakes():
         return student
 
     with pytest.raises(AssertionError, match="student != blocks 0, 2"):
-        nb02.check_init_from_teacher(wrong_blocks, teacher, idx, layers=[0, 2])
+        nb02_figures.check_init_from_teacher(wrong_blocks, teacher, idx, layers=[0, 2])
     with pytest.raises(AssertionError, match="teacher changed"):
-        nb02.check_init_from_teacher(changes_teacher, teacher, idx, layers=[0, 2])
+        nb02_figures.check_init_from_teacher(changes_teacher, teacher, idx, layers=[0, 2])
     with pytest.raises(AssertionError, match="a new model with 2 blocks"):
-        nb02.check_init_from_teacher(in_place, _gpt(n_layer=4), idx, layers=[0, 2])
+        nb02_figures.check_init_from_teacher(in_place, _gpt(n_layer=4), idx, layers=[0, 2])
 
 
 # --------------------------------------------------------------------------- the notebook's figures
@@ -281,16 +282,22 @@ def test_seed_diffs_pairs_runs_by_seed_whatever_their_order():
         {"method": "a", "seed": 0, "acc": 0.5, "n": 9},
         {"method": "b", "seed": 1, "acc": 0.5, "n": 1},
     ]
-    assert nb02.seed_diffs(runs, {"method": "a"}, {"method": "b"}) == [0.5 - 0.25, 0.75 - 0.5]
-    assert nb02.seed_diffs(runs, {"method": "b"}, {"method": "a"}, key="n") == [3 - 9, 1 - 7]
+    assert nb02_figures.seed_diffs(runs, {"method": "a"}, {"method": "b"}) == [
+        0.5 - 0.25,
+        0.75 - 0.5,
+    ]
+    assert nb02_figures.seed_diffs(runs, {"method": "b"}, {"method": "a"}, key="n") == [
+        3 - 9,
+        1 - 7,
+    ]
     with pytest.raises(ValueError, match="a and b must select the same seeds"):
-        nb02.seed_diffs(runs[:3], {"method": "a"}, {"method": "b"})
+        nb02_figures.seed_diffs(runs[:3], {"method": "a"}, {"method": "b"})
     with pytest.raises(ValueError, match="b must select one run per seed"):
-        nb02.seed_diffs(runs, {"method": "a"}, {"method": "c"})
+        nb02_figures.seed_diffs(runs, {"method": "a"}, {"method": "c"})
     with pytest.raises(ValueError, match="a must select one run per seed"):
-        nb02.seed_diffs(runs + runs[:1], {"method": "a"}, {"method": "b"})
+        nb02_figures.seed_diffs(runs + runs[:1], {"method": "a"}, {"method": "b"})
     with pytest.raises(TypeError, match="a must be a mapping"):
-        nb02.seed_diffs(runs, "a", {"method": "b"})
+        nb02_figures.seed_diffs(runs, "a", {"method": "b"})
 
 
 def test_spread_is_mean_sample_std_min_max_in_points():
@@ -298,21 +305,21 @@ def test_spread_is_mean_sample_std_min_max_in_points():
     import statistics
 
     diffs = [0.012, -0.004, 0.031, 0.007]
-    mean, std, low, high = nb02.spread(diffs)
+    mean, std, low, high = nb02_figures.spread(diffs)
     assert mean == pytest.approx(100 * statistics.mean(diffs))
     assert std == pytest.approx(100 * statistics.stdev(diffs))
     assert (low, high) == pytest.approx((-0.4, 3.1))
-    one = nb02.spread([0.02])
+    one = nb02_figures.spread([0.02])
     assert one[0] == one[2] == one[3] == pytest.approx(2.0) and math.isnan(one[1])
     with pytest.raises(ValueError, match="diffs must hold"):
-        nb02.spread([])
+        nb02_figures.spread([])
 
 
 def test_main_claims_each_sentence_follows_its_own_measurement():
     acc = {"scratch": {"acc": 0.6}, "kd_same": {"acc": 0.62},
            "transfer_hard": {"acc": 0.7, "gap_closed": 0.4}}  # fmt: skip
     labels, soft = [0.1, 0.08], [0.01, -0.01]
-    claims = nb02.main_claims(acc, 0.9, labels, soft)
+    claims = nb02_figures.main_claims(acc, 0.9, labels, soft)
     assert len(claims) == 7 and all(claims.values())
     flipped = {  # what breaks each claim, in order
         0: dict(teacher_acc=0.65),
@@ -324,29 +331,29 @@ def test_main_claims_each_sentence_follows_its_own_measurement():
     }
     base = dict(acc=acc, teacher_acc=0.9, labels_effect=labels, soft_effect=soft)
     for i, change in flipped.items():
-        holds = list(nb02.main_claims(**{**base, **change}).values())
+        holds = list(nb02_figures.main_claims(**{**base, **change}).values())
         assert not holds[i], (i, change)
     big = {**acc, "kd_same": {"acc": 0.53}}  # KD moves the mean by 7 points (down)
-    assert list(nb02.main_claims(big, 0.9, labels, soft).values()) == [True] * 6 + [False]
+    assert list(nb02_figures.main_claims(big, 0.9, labels, soft).values()) == [True] * 6 + [False]
     with pytest.raises(ValueError, match="labels_effect and soft_effect"):
-        nb02.main_claims(acc, 0.9, [], soft)
+        nb02_figures.main_claims(acc, 0.9, [], soft)
 
 
 def test_small_data_markdown_reports_each_input_count_and_the_verdict():
     runs = {("soft", 100): [0.6, 0.7], ("hard", 100): [0.4, 0.5],
             ("soft", 1000): [0.8, 0.9], ("hard", 1000): [0.85, 0.95]}  # fmt: skip
-    gain = {n: nb02.spread([s - h for s, h in zip(runs["soft", n], runs["hard", n])])
+    gain = {n: nb02_figures.spread([s - h for s, h in zip(runs["soft", n], runs["hard", n])])
             for n in (100, 1000)}  # fmt: skip
-    text = nb02.small_data_markdown(runs, gain, 2, 8.0)
+    text = nb02_figures.small_data_markdown(runs, gain, 2, 8.0)
     assert "* 100 inputs: soft − hard **+20.0 ± 0.0 points** (range +20.0 to +20.0)" in text
     assert "* 1,000 inputs: soft − hard **-5.0 ± 0.0 points**" in text
     assert "at T = 8 do not help: they cost 5.0 points on average" in text
     assert "soft-target students reach 65.0%" in text and "all 1,000 reach 90.0%" in text
     gain[1000] = (1.5, 0.5, 1.0, 2.0)
-    assert "help less: they add 1.5 points" in nb02.small_data_markdown(runs, gain, 2, 8.0)
+    assert "help less: they add 1.5 points" in nb02_figures.small_data_markdown(runs, gain, 2, 8.0)
     close = {n: gain[n] for n in (100,)}  # most < 4 x fewest: no comparison across input counts
-    assert "Unlike the speech" not in nb02.small_data_markdown(runs, close, 2, 8.0)
+    assert "Unlike the speech" not in nb02_figures.small_data_markdown(runs, close, 2, 8.0)
     with pytest.raises(ValueError, match="seeds must be"):
-        nb02.small_data_markdown(runs, gain, 0, 8.0)
+        nb02_figures.small_data_markdown(runs, gain, 0, 8.0)
     with pytest.raises(ValueError, match="soft_gain must hold"):
-        nb02.small_data_markdown(runs, {}, 2, 8.0)
+        nb02_figures.small_data_markdown(runs, {}, 2, 8.0)

@@ -12,7 +12,7 @@ import torch
 
 import labkit
 from labkit import measure, models, sweep
-from labkit.course import nb03_pruning
+from labkit.course import nb03_figures, nb03_pruning
 from labkit.prune import sparse
 from labkit.sweep import runner
 
@@ -281,10 +281,10 @@ def test_check_shrink_conv_pair_passes_a_correct_shrink_and_catches_mistakes():
         torch.nn.Conv2d(8, 5, 3),
         torch.randn(2, 3, 7, 7),
     )
-    nb03_pruning.check_shrink_conv_pair(_shrink_by_hand, c1, c2, 0.5, x)
-    nb03_pruning.check_shrink_conv_pair(_shrink_by_hand, c1, c2, 0.25, x)
+    nb03_figures.check_shrink_conv_pair(_shrink_by_hand, c1, c2, 0.5, x)
+    nb03_figures.check_shrink_conv_pair(_shrink_by_hand, c1, c2, 0.25, x)
     nobias = torch.nn.Conv2d(3, 8, 3, bias=False)
-    nb03_pruning.check_shrink_conv_pair(_shrink_by_hand, nobias, c2, 0.5, x)
+    nb03_figures.check_shrink_conv_pair(_shrink_by_hand, nobias, c2, 0.5, x)
 
     def largest_dropped(conv1, conv2, amount):
         return _shrink_by_hand(conv1, conv2, amount, sign=1)
@@ -299,31 +299,31 @@ def test_check_shrink_conv_pair_passes_a_correct_shrink_and_catches_mistakes():
         return s1, s2
 
     with pytest.raises(AssertionError, match="not the filters ln_structured keeps"):
-        nb03_pruning.check_shrink_conv_pair(largest_dropped, c1, c2, 0.5, x)
+        nb03_figures.check_shrink_conv_pair(largest_dropped, c1, c2, 0.5, x)
     with pytest.raises(AssertionError, match="4 filters should remain"):
-        nb03_pruning.check_shrink_conv_pair(conv2_untouched, c1, c2, 0.5, x)
+        nb03_figures.check_shrink_conv_pair(conv2_untouched, c1, c2, 0.5, x)
     with pytest.raises(AssertionError, match="outputs differ"):
-        nb03_pruning.check_shrink_conv_pair(bias_lost, c1, c2, 0.5, x)
+        nb03_figures.check_shrink_conv_pair(bias_lost, c1, c2, 0.5, x)
 
 
 def test_batch_of_repeats_the_samples_in_order():
     X = torch.arange(12.0).view(3, 2, 2)  # (3, 2, 2)
-    out = nb03_pruning.batch_of(X, 7)
+    out = nb03_figures.batch_of(X, 7)
     assert out.shape == (7, 2, 2)
     assert torch.equal(out, torch.cat([X, X, X[:1]]))
-    assert torch.equal(nb03_pruning.batch_of(X, 2), X[:2])
+    assert torch.equal(nb03_figures.batch_of(X, 2), X[:2])
     with pytest.raises(ValueError, match="n must be"):
-        nb03_pruning.batch_of(X, 0)
+        nb03_figures.batch_of(X, 0)
     with pytest.raises(ValueError, match="X must hold"):
-        nb03_pruning.batch_of(X[:0], 4)
+        nb03_figures.batch_of(X[:0], 4)
     with pytest.raises(TypeError, match="X must be a torch.Tensor"):
-        nb03_pruning.batch_of([1, 2], 4)
+        nb03_figures.batch_of([1, 2], 4)
 
 
 def test_pruned_variants_are_the_dense_model_its_zeros_and_its_smaller_copies():
     torch.manual_seed(0)
     mlp = models.build("mlp", in_features=12, hidden=(20, 10), num_classes=4)
-    variants = nb03_pruning.pruned_variants(mlp, [0.5, 0.9])
+    variants = nb03_figures.pruned_variants(mlp, [0.5, 0.9])
     assert list(variants) == ["dense", "90% unstructured", "50% channels", "90% channels"]
     assert variants["dense"] is mlp
     weights = [m.weight for m in variants["90% unstructured"].modules()
@@ -341,7 +341,7 @@ def test_pruned_variants_are_the_dense_model_its_zeros_and_its_smaller_copies():
         variants["50% channels"]
     )
     with pytest.raises(TypeError, match="model must be an nn.Module"):
-        nb03_pruning.pruned_variants("mlp", [0.5])
+        nb03_figures.pruned_variants("mlp", [0.5])
 
 
 def test_time_variants_times_each_group_at_each_batch(monkeypatch):
@@ -353,7 +353,7 @@ def test_time_variants_times_each_group_at_each_batch(monkeypatch):
 
     monkeypatch.setattr(measure, "compare_latency", fake)
     a, b = {"dense": torch.nn.Identity(), "small": torch.nn.Identity()}, {"d": torch.nn.Identity()}
-    timings = nb03_pruning.time_variants({"a": (a, torch.zeros(3, 2)), "b": (b, torch.zeros(5, 4))},
+    timings = nb03_figures.time_variants({"a": (a, torch.zeros(3, 2)), "b": (b, torch.zeros(5, 4))},
                                          [1, 8], threads=2)  # fmt: skip
     assert list(timings) == [("a", "dense", 1), ("a", "small", 1), ("a", "dense", 8),
                              ("a", "small", 8), ("b", "d", 1), ("b", "d", 8)]  # fmt: skip
@@ -361,7 +361,7 @@ def test_time_variants_times_each_group_at_each_batch(monkeypatch):
     assert [c[1] for c in calls] == [1, 8, 1, 8]  # batches drawn by batch_of
     assert calls[0][2] == {"threads": 2, "repeats": 30, "min_time_s": 0.3}
     with pytest.raises(TypeError, match="groups must be a mapping"):
-        nb03_pruning.time_variants([("a", (a, torch.zeros(3, 2)))], [1])
+        nb03_figures.time_variants([("a", (a, torch.zeros(3, 2)))], [1])
 
 
 def test_latency_curve_pairs_each_model_with_its_timing():
@@ -371,7 +371,7 @@ def test_latency_curve_pairs_each_model_with_its_timing():
                {"scope": "layer", "amount": 0.9, "acc": 0.7}]  # fmt: skip
     channels = [{"amount": 0.5, "acc": 0.84, "acc_scratch": 0.83},
                 {"amount": 0.9, "acc": 0.6, "acc_scratch": 0.65}]  # fmt: skip
-    curve = nb03_pruning.latency_curve(latency, 0.86, summary, channels)
+    curve = nb03_figures.latency_curve(latency, 0.86, summary, channels)
     assert [(r["method"], r["latency_ms"], r["acc"]) for r in curve] == [
         ("dense", 4.0, 0.86),
         ("unstructured (masked dense)", 3.9, 0.8),
@@ -393,7 +393,7 @@ def test_results_markdown_reports_the_run_figures():
     dense = {"acc_pruned": 0.96, "acc_pruned_std": 0.003}
     channels = [{"amount": 0.5, "acc": 0.9, "acc_scratch": 0.91},
                 {"amount": 0.9, "acc": 0.7, "acc_scratch": 0.75}]  # fmt: skip
-    text = nb03_pruning.results_markdown(best, {"amount": 0.8}, dense, 100_000, t, channels,
+    text = nb03_figures.results_markdown(best, {"amount": 0.8}, dense, 100_000, t, channels,
                                          seeds=3, threads=1, batch=64)  # fmt: skip
     for piece in ["(3 seeds, 1 thread(s))", "**90% sparsity** (95.0% ± 0.4% against 96.0% ± 0.3%",
                   "held to 80%", "**5.0× fewer bytes** (20,000 against 100,000)",
@@ -403,6 +403,6 @@ def test_results_markdown_reports_the_run_figures():
                   "from scratch 75.0%."]:  # fmt: skip
         assert piece in text, piece
     with pytest.raises(ValueError, match="seeds must be"):
-        nb03_pruning.results_markdown(
+        nb03_figures.results_markdown(
             best, best, dense, 1, t, channels, seeds=0, threads=1, batch=64
         )

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from labkit import course, data, models, train
-from labkit.course import nb05_lowbit
+from labkit.course import nb05_figures, nb05_lowbit
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_lowbit_quantization.ipynb"
 needs_zoo = pytest.mark.skipif(
@@ -94,21 +94,21 @@ def test_reference_group_qparams_is_the_min_max_formula():
     w = torch.randn(6, 24, generator=torch.Generator().manual_seed(0))
     w[0] += 2.0  # an all-positive row: the range still holds 0
     for bits, group_size in ((2, 8), (4, 12), (3, 24)):
-        scale, zp = nb05_lowbit.reference_group_qparams(w, bits, group_size)
+        scale, zp = nb05_figures.reference_group_qparams(w, bits, group_size)
         ref_scale, ref_zp = _min_max_qparams(w, bits, group_size)
         assert torch.allclose(scale, ref_scale, rtol=1e-6) and torch.equal(zp, ref_zp)
 
 
 def test_check_group_qparams_passes_the_formula_and_fails_a_wrong_one():
     w = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
-    nb05_lowbit.check_group_qparams(_min_max_qparams, w, 3, 8)
+    nb05_figures.check_group_qparams(_min_max_qparams, w, 3, 8)
     with pytest.raises(AssertionError, match="scales differ"):
-        nb05_lowbit.check_group_qparams(
+        nb05_figures.check_group_qparams(
             lambda w, b, g: (2 * _min_max_qparams(w, b, g)[0], _min_max_qparams(w, b, g)[1]),
             w, 3, 8,
         )  # fmt: skip
     with pytest.raises(AssertionError, match="one scale per group"):
-        nb05_lowbit.check_group_qparams(lambda w, b, g: _min_max_qparams(w, b, 4), w, 3, 8)
+        nb05_figures.check_group_qparams(lambda w, b, g: _min_max_qparams(w, b, 4), w, 3, 8)
 
 
 def test_bad_input_is_refused():
@@ -124,7 +124,7 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="parts must be one of"):
         nb05_lowbit.prepare(["nope"])
     with pytest.raises(ValueError, match="group_size"):
-        nb05_lowbit.reference_group_qparams(torch.zeros(2, 6), 2, 4)
+        nb05_figures.reference_group_qparams(torch.zeros(2, 6), 2, 4)
     with pytest.raises(TypeError, match="nn.Linear"):
         nb05_lowbit.layer_inputs(nn.Sequential(nn.ReLU()), "0", torch.zeros(1, 2))
 
@@ -172,7 +172,7 @@ def test_summary_reports_ratios_and_perplexities():
     qat = {"ptq_acc": 0.2, "qat_acc": 0.6}
     fp32 = {"gpt": {"bytes": 1000, "ppl": 4.0}, "mlp": {"bytes": 1600, "acc": 0.7}}
     results = {"lm": lm, "classifier": clf, "qat": qat}
-    text = nb05_lowbit.summary(results, fp32, bits=(2, 4), group_sizes=(64, "row"))
+    text = nb05_figures.summary(results, fp32, bits=(2, 4), group_sizes=(64, "row"))
     lines = text.splitlines()
     assert len(lines) == 5
     assert "files (scales + zero points included): gpt 4.00x, mlp 8.00x" in lines[0]  # 4 bits
@@ -180,4 +180,4 @@ def test_summary_reports_ratios_and_perplexities():
     row = "gpt perplexity RTN -> GPTQ, group row: 2 bits 5.00 -> 4.00, 4 bits 7.00 -> 6.00"
     assert lines[3] == row + " (fp32 4.00)"
     assert lines[4] == "mlp ternary: PTQ 0.200 -> QAT 0.600 (fp32 0.700)"
-    assert nb05_lowbit.size_ratio(clf, 1600, method="rtn", bits=2, group_size=64) == 4.0
+    assert nb05_figures.size_ratio(clf, 1600, method="rtn", bits=2, group_size=64) == 4.0

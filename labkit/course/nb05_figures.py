@@ -1,0 +1,147 @@
+"""Notebook 05 (low-bit quantization): its exercise check, the size figure and the summary.
+
+The check compares a student's group-wise qparams with torch.ao's per-channel observer; the
+figure and the summary read the cached sweeps of :mod:`labkit.course.nb05_lowbit`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from labkit import plots, sweep
+from labkit.course.nb05_lowbit import COURSE
+from labkit.quant import lowbit
+from labkit.utils import check_int
+
+__all__ = ["reference_group_qparams", "check_group_qparams", "sweep_plot", "size_ratio", "summary"]
+
+
+# --------------------------------------------------------------------------- the notebook's helpers
+
+
+def reference_group_qparams(
+    w: torch.Tensor, bits: int, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affine min-max ``(scale, zero_point)`` per group of ``group_size`` columns of ``w``
+    ``(out, in)``, by PyTorch's ``PerChannelMinMaxObserver`` on ``w.view(-1, group_size)``:
+    both ``(out, in // group_size)``. The oracle of notebook 05's exercise 1.
+
+    Example:
+        >>> s, z = reference_group_qparams(torch.tensor([[-1.0, 2.0, 0.0, 3.0]]), 2, 2)
+        >>> s.tolist(), z.tolist()  # groups [-1, 2] and [0, 3]: 3 levels of 1.0 each
+        ([[1.0, 1.0]], [[1, 0]])
+    """
+    bits = check_int("bits", bits, minimum=1, maximum=8)
+    group_size = check_int("group_size", group_size, minimum=1)
+    if w.ndim != 2 or w.shape[1] % group_size:
+        raise ValueError(
+            f"w must be 2-D with columns a multiple of group_size; got {tuple(w.shape)}"
+        )
+    with warnings.catch_warnings():  # torch.ao is deprecated upstream; here it is only an oracle
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization.observer import PerChannelMinMaxObserver
+
+        obs = PerChannelMinMaxObserver(
+            ch_axis=0, dtype=torch.quint8, qscheme=torch.per_channel_affine,
+            quant_min=0, quant_max=2**bits - 1,
+        )  # fmt: skip
+        obs(w.detach().reshape(-1, group_size))
+        scale, zp = obs.calculate_qparams()
+    return scale.view(w.shape[0], -1), zp.view(w.shape[0], -1)
+
+
+def check_group_qparams(
+    fn: Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]],
+    w: torch.Tensor,
+    bits: int,
+    group_size: int,
+) -> None:
+    """Assert that ``fn(w, bits, group_size)`` returns :func:`reference_group_qparams`'s
+    ``(scale, zero_point)`` (scales to 1e-5 relative, zero points exactly).
+
+    Example: ``check_group_qparams(my_group_qparams, W[:64], 4, 32)``
+    """
+    scale, zp = fn(w, bits, group_size)
+    ref_scale, ref_zp = reference_group_qparams(w, bits, group_size)
+    assert scale.shape == (w.shape[0], w.shape[1] // group_size), "one scale per group"
+    assert torch.allclose(scale.float(), ref_scale, rtol=1e-5), "scales differ from PyTorch's"
+    assert torch.equal(zp.long(), ref_zp.long()), "zero points differ from PyTorch's"
+
+
+def sweep_plot(
+    y: str, fp32_point: Mapping[str, Any], num_weights: int
+) -> Callable[[Sequence[Mapping[str, Any]], Any], None]:
+    """The background of the sweep's widget: ``y`` against bytes, one colour per method, one line
+    style per group size, float32 as a star and the bytes at 16 … 1 bits per quantized weight.
+
+    ``fp32_point``: ``{"bytes": ..., y: ...}`` of the float model; ``num_weights``: how many of
+    its weights are quantized. Example: ``widgets.explore(recs, plot=sweep_plot("ppl", ref, n))``
+    """
+    other = fp32_point["bytes"] - 4 * num_weights  # bytes that quantization leaves alone
+
+    def draw(records: Sequence[Mapping[str, Any]], ax: Any) -> None:
+        plots.size_tradeoff(
+            records, y, hue="method", style="group_size", reference=fp32_point, ax=ax,
+            logy=y == "ppl",
+        )  # fmt: skip
+        plots.draw_bit_limits(ax, num_weights, other)
+
+    return draw
+
+
+def size_ratio(records: Sequence[Mapping[str, Any]], fp32_bytes: int, **where: Any) -> float:
+    """How many times smaller than ``fp32_bytes`` the one record matching ``where`` is.
+
+    Example: ``size_ratio(results["lm"], 900_000, method="rtn", bits=4, group_size=64)``
+    """
+    (record,) = sweep.select(records, **where)
+    return fp32_bytes / record["bytes"]
+
+
+def summary(
+    results: Mapping[str, Any],
+    fp32: Mapping[str, Mapping[str, Any]],
+    lm: str = COURSE["lm"],
+    classifier: str = COURSE["classifier"],
+    bits: Sequence[int] = COURSE["bits"],
+    group_sizes: Sequence[int | str] = COURSE["group_sizes"],
+) -> str:
+    """The notebook's closing figures as text: the 4- and 2-bit size limits and file ratios (groups
+    of 64), the LM's perplexity RTN -> GPTQ at each of ``group_sizes`` x ``bits``, and ternary
+    PTQ -> QAT.
+
+    ``results``: :func:`course_results`'s dict; ``fp32``: ``{lm: {bytes, ppl}, classifier:
+    {bytes, acc}}``. Example: ``print(summary(results, fp32))``
+    """
+    lm_recs, clf_recs, qat = results["lm"], results["classifier"], results["qat"]
+    lines = []
+    for b in (4, 2):
+        where = {"method": "rtn", "bits": b, "group_size": 64}
+        lines.append(
+            f"{b} bits: limit {lowbit.compression_limit(b, 128):.2f}x at groups of 128, "
+            f"{lowbit.compression_limit(b, 64):.2f}x at 64; files (scales + zero points "
+            f"included): {lm} {size_ratio(lm_recs, fp32[lm]['bytes'], **where):.2f}x, "
+            f"{classifier} {size_ratio(clf_recs, fp32[classifier]['bytes'], **where):.2f}x "
+            "(groups of 64)"
+        )
+    for g in group_sizes:
+        cells = []
+        for b in bits:
+            rtn, gptq = (
+                sweep.select(lm_recs, method=m, bits=b, group_size=g)[0]["ppl"]
+                for m in ("rtn", "gptq")
+            )
+            cells.append(f"{b} bits {rtn:.2f} -> {gptq:.2f}")
+        fp32_ppl = fp32[lm]["ppl"]
+        lines.append(
+            f"{lm} perplexity RTN -> GPTQ, group {g}: {', '.join(cells)} (fp32 {fp32_ppl:.2f})"
+        )
+    lines.append(
+        f"{classifier} ternary: PTQ {qat['ptq_acc']:.3f} -> QAT {qat['qat_acc']:.3f} "
+        f"(fp32 {fp32[classifier]['acc']:.3f})"
+    )
+    return "\n".join(lines)
