@@ -46,6 +46,7 @@ def check_kd_loss(kd_loss: Callable[..., Tensor], s: Tensor, t: Tensor, y: Tenso
     ``T * (p_s - p_t) / B``. Raises AssertionError naming what differs.
 
     Example:
+        >>> from labkit import distill
         >>> s, t = torch.randn(4, 3), torch.randn(4, 3)
         >>> check_kd_loss(lambda *a: distill.kd_loss(*a[:3], temperature=a[3], alpha=a[4]),
         ...               s, t, torch.tensor([0, 1, 2, 0]))
@@ -75,6 +76,7 @@ def forward_blocks(model: nn.Module, layers: Sequence[int], idx: Tensor) -> Tens
     blocks must compute. ``idx``: (B, T) token ids; returns (B, T, vocab) logits.
 
     Example:
+        >>> from labkit import models
         >>> gpt = models.GPT(models.GPTConfig(vocab_size=5, block_size=4, n_layer=2, n_head=1,
         ...                                   n_embd=8)).eval()
         >>> idx = torch.tensor([[0, 1, 2, 3]])
@@ -100,6 +102,7 @@ def check_init_from_teacher(
     AssertionError naming what differs.
 
     Example:
+        >>> from labkit import distill, models
         >>> gpt = models.GPT(models.GPTConfig(vocab_size=5, block_size=4, n_layer=3, n_head=1,
         ...                                   n_embd=8)).eval()
         >>> check_init_from_teacher(distill.init_from_teacher, gpt, torch.tensor([[0, 1, 2, 3]]))

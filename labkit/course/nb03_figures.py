@@ -102,6 +102,7 @@ def pruned_variants(
     ``ps.prune_channels(model, a)`` for each of ``channel_amounts``, in that order.
 
     Example:
+        >>> from labkit import models
         >>> mlp = models.build("mlp", in_features=8, hidden=(16,), num_classes=3)
         >>> list(pruned_variants(mlp, [0.5]))
         ['dense', '90% unstructured', '50% channels']
