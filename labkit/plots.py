@@ -93,10 +93,11 @@ def accuracy_vs_size(
     annotate: str | Callable[[Mapping[str, Any]], str] | None = None,
     title: str | None = None,
 ) -> Axes:
-    """Accuracy versus size: one line per ``hue`` value (sorted by x) and the Pareto frontier over
-    all points as a dashed step line. Byte keys get KB/MB ticks; fractions in [0, 1] for ``acc``
-    are shown in percent. ``hue`` absent from the records (or None) draws one series;
-    ``annotate`` (a key, or a function of the record) labels each point.
+    """Accuracy versus size: one line per ``hue`` value and the Pareto frontier over all points.
+
+    Each line is sorted by x; the frontier is a dashed step line. Byte keys get KB/MB ticks;
+    fractions in [0, 1] for ``acc`` are shown in percent. ``hue`` absent from the records (or None)
+    draws one series; ``annotate`` (a key, or a function of the record) labels each point.
 
     Example: ``accuracy_vs_size(sweep.run(fn, points), hue="method", annotate="amount")``
     """
@@ -145,8 +146,9 @@ def line(
     logx: bool = False,
     errorbars: str | None = None,
 ) -> Axes:
-    """A line per ``hue`` value of ``y`` against ``x`` (sorted by x), with optional error bars
-    from the key ``errorbars`` (e.g. ``"acc_std"`` from ``sweep.mean_std``).
+    """A line per ``hue`` value of ``y`` against ``x`` (sorted by x), with optional error bars.
+
+    The error bars come from the key ``errorbars`` (e.g. ``"acc_std"`` from ``sweep.mean_std``).
 
     Example: ``line(sweep.mean_std(records, "width", "acc"), "width", "acc", errorbars="acc_std")``
     """
@@ -184,10 +186,12 @@ def size_tradeoff(
     ax: Axes | None = None,
     logy: bool = False,
 ) -> Axes:
-    """Quality ``y`` against size ``x`` (log scale): one colour per ``hue`` value, one line style
-    per ``style`` value (solid, dashed, dotted, dash-dot, in order of appearance, then again), a
-    line through each (hue, style) pair's points sorted by ``x``; ``reference`` (a record with
-    ``x`` and ``y``, e.g. the float model) is a black star.
+    """Quality ``y`` against size ``x`` (log scale), a line per (hue, style) pair.
+
+    One colour per ``hue`` value, one line style per ``style`` value (solid, dashed, dotted,
+    dash-dot, in order of appearance, then again), a line through each (hue, style) pair's points
+    sorted by ``x``; ``reference`` (a record with ``x`` and ``y``, e.g. the float model) is a black
+    star.
 
     Example: ``size_tradeoff(records, "ppl", reference={"bytes": 9e5, "ppl": 4.1}, logy=True)``
     """
@@ -300,8 +304,10 @@ def _decorate(ax: Axes, records: Sequence[Mapping[str, Any]], x: str, y: str, lo
 def draw_bit_limits(
     ax: Any, num_weights: int, other_bytes: int = 0, bits=(16, 8, 4, 2, 1.58, 1)
 ) -> None:
-    """Vertical lines at the size ``other_bytes + num_weights * b / 8`` for each ``b`` in ``bits``:
-    the model if each quantized weight took exactly ``b`` bits and nothing else changed.
+    """Vertical lines at the size ``other_bytes + num_weights * b / 8`` for each ``b`` in ``bits``.
+
+    Each line is the model if each quantized weight took exactly ``b`` bits and nothing else
+    changed.
 
     Example: ``draw_bit_limits(ax, 786432, other_bytes=fp32_bytes - 4 * 786432)``
     """

@@ -81,9 +81,11 @@ def train_mlp(dataset: str, seed: int, config: models.MLPConfig | None = None) -
 
 @functools.cache
 def dense_mlp(dataset: str, seed: int) -> nn.Module:
-    """The dense MLP for ``seed``: the recipe's seed is the cached pretrained model; other seeds
-    are trained once (``train_mlp``) and kept on disk (``cache_dir("prune")``), so parallel sweep
-    workers and later sweeps load them. Callers prune copies, never this model.
+    """The dense MLP for ``seed``, trained once and kept on disk.
+
+    The recipe's seed is the cached pretrained model; other seeds are trained once (``train_mlp``)
+    and kept on disk (``cache_dir("prune")``), so parallel sweep workers and later sweeps load them.
+    Callers prune copies, never this model.
     Example: ``dense_mlp("digits", 1)``
     """
     recipe = models.RECIPES[("mlp", dataset)]
@@ -113,11 +115,12 @@ def dense_mlp(dataset: str, seed: int) -> nn.Module:
 def unstructured(
     key: str, dataset: str, seed: int, scope: str, amount: float, num_epochs: int, lr: float
 ) -> dict[str, Any]:
-    """Magnitude-prune the dense MLP of ``seed`` to ``amount`` (``scope`` "layer" or "global"),
-    fine-tune ``num_epochs`` with the masks held at zero. Returns test accuracies before
-    (``acc_pruned``) and after (``acc``) fine-tuning, ``nonzero`` weights, and the model's bytes in
-    every sparse encoding (``bytes_dense``, ``bytes_bitmask``, ``bytes_csr``, ``bytes_auto``).
-    ``key`` names the pretrained weights for the cache only.
+    """Magnitude-prune the dense MLP of ``seed`` to ``amount``, then fine-tune it.
+
+    ``scope`` is "layer" or "global"; fine-tunes ``num_epochs`` with the masks held at zero. Returns
+    test accuracies before (``acc_pruned``) and after (``acc``) fine-tuning, ``nonzero`` weights,
+    and the model's bytes in every sparse encoding (``bytes_dense``, ``bytes_bitmask``,
+    ``bytes_csr``, ``bytes_auto``). ``key`` names the pretrained weights for the cache only.
     Example: ``unstructured(key, "digits", 0, "global", 0.9, 5, 3e-3)["acc"]``
     """
     ds = data.load(dataset)
@@ -144,8 +147,9 @@ def schedules(
     num_stages: int,
     lr: float,
 ) -> dict[str, Any]:
-    """Prune the dense MLP of ``seed`` to ``amount`` with ``prune.prune_finetune`` (``schedule``
-    "oneshot" or "gradual" in ``num_stages`` cubic stages, ``num_epochs`` in total).
+    """Prune the dense MLP of ``seed`` to ``amount`` with ``prune.prune_finetune``.
+
+    ``schedule`` is "oneshot" or "gradual" in ``num_stages`` cubic stages, ``num_epochs`` in total.
     Returns ``{acc}``.
     Example: ``schedules(key, "digits", 0, 0.95, "gradual", 8, 4, 3e-3)["acc"]``
     """
@@ -166,8 +170,10 @@ def schedules(
 def ticket(
     key: str, dataset: str, seed: int, amount: float, rounds: int, num_epochs: int, lr: float
 ) -> dict[str, Any]:
-    """The lottery-ticket experiment (``prune.lottery_ticket``) on a fresh MLP of the recipe's
-    architecture, seeded with ``seed``: test accuracies ``{dense, rewind, random, sparsity}``.
+    """The lottery-ticket experiment (``prune.lottery_ticket``) on a fresh MLP.
+
+    The MLP has the recipe's architecture and is seeded with ``seed``. Returns test accuracies
+    ``{dense, rewind, random, sparsity}``.
     Example: ``ticket(key, "digits", 0, 0.9, 2, 10, 3e-3)["rewind"]``
     """
     config = models.RECIPES[("mlp", dataset)].config
@@ -185,10 +191,12 @@ def ticket(
 def structured(
     key: str, dataset: str, seed: int, amount: float, num_epochs: int, lr: float
 ) -> dict[str, Any]:
-    """Remove ``amount`` of the neurons of every hidden layer of the dense MLP of ``seed``
-    (``ps.prune_channels``), fine-tune ``num_epochs``, and train the same smaller architecture from
-    scratch with the full dense recipe (the fair baseline). Returns ``hidden`` (the new widths),
-    ``params``, ``bytes`` (dense encoding), ``acc_pruned``, ``acc`` and ``acc_scratch``.
+    """Remove ``amount`` of the neurons of every hidden layer of the dense MLP of ``seed``.
+
+    Removes them with ``ps.prune_channels``, fine-tunes ``num_epochs``, and trains the same smaller
+    architecture from scratch with the full dense recipe (the fair baseline). Returns ``hidden``
+    (the new widths), ``params``, ``bytes`` (dense encoding), ``acc_pruned``, ``acc`` and
+    ``acc_scratch``.
     Example: ``structured(key, "digits", 0, 0.5, 5, 3e-3)["hidden"]  # [150, 50]``
     """
     ds = data.load(dataset)
@@ -210,18 +218,22 @@ def structured(
 
 @functools.cache
 def head_scores(key: str) -> dict[str, torch.Tensor]:
-    """Ablation importance of every head of the pretrained digits ViT (``pt.head_importance``):
-    the validation-loss increase when that head alone is removed. Computed once per process and
-    ``key`` (the ViT's cache key). Example: ``head_scores(models.cache_key("vit", "digits"))``
+    """Ablation importance of every head of the pretrained digits ViT (``pt.head_importance``).
+
+    A head's score is the validation-loss increase when that head alone is removed. Computed once
+    per process and ``key`` (the ViT's cache key).
+    Example: ``head_scores(models.cache_key("vit", "digits"))``
     """
     return pt.head_importance(models.pretrained("vit", "digits"), data.load("digits"), "ablation")
 
 
 def surgery(key: str, change: str, amount: float, num_epochs: int, lr: float) -> dict[str, Any]:
-    """Cut the pretrained digits ViT, then fine-tune ``num_epochs`` (seed 0). ``change="heads"``:
-    remove the ``amount`` least important heads (``head_scores``, ``pt.prune_heads``);
-    ``change="block"``: skip residual block number ``amount`` (``pt.drop_layers``). Returns
-    ``params``, ``bytes``, ``acc_cut`` (before fine-tuning) and ``acc``.
+    """Cut the pretrained digits ViT, then fine-tune ``num_epochs`` (seed 0).
+
+    ``change="heads"``: remove the ``amount`` least important heads (``head_scores``,
+    ``pt.prune_heads``); ``change="block"``: skip residual block number ``amount``
+    (``pt.drop_layers``). Returns ``params``, ``bytes``, ``acc_cut`` (before fine-tuning) and
+    ``acc``.
     Example: ``surgery(models.cache_key("vit", "digits"), "heads", 0.5, 2, 3e-4)["acc"]``
     """
     vit, digits = models.pretrained("vit", "digits"), data.load("digits")
@@ -313,9 +325,11 @@ def _run(
 def unstructured_sweep(
     points: Sequence[Mapping[str, Any]], jobs: int | None = None, progress: bool | None = None
 ) -> list[dict]:
-    """Records of :func:`unstructured` at ``points``, cached on disk as sweep
-    ``prune-unstructured`` (version: the MLP's cache key). ``jobs``: worker processes for the
-    missing points. Example: ``unstructured_sweep(course_points()["unstructured"])``
+    """Records of :func:`unstructured` at ``points``, cached on disk.
+
+    The sweep is ``prune-unstructured`` (version: the MLP's cache key). ``jobs``: worker processes
+    for the missing points.
+    Example: ``unstructured_sweep(course_points()["unstructured"])``
     """
     return _run(unstructured, points, "prune-unstructured", jobs, progress)
 
@@ -324,6 +338,7 @@ def schedules_sweep(
     points: Sequence[Mapping[str, Any]], jobs: int | None = None, progress: bool | None = None
 ) -> list[dict]:
     """Records of :func:`schedules` at ``points``, cached on disk as sweep ``prune-schedules``.
+
     Example: ``schedules_sweep(course_points()["schedules"])``
     """
     return _run(schedules, points, "prune-schedules", jobs, progress)
@@ -333,6 +348,7 @@ def lottery_sweep(
     points: Sequence[Mapping[str, Any]], jobs: int | None = None, progress: bool | None = None
 ) -> list[dict]:
     """Records of :func:`ticket` at ``points``, cached on disk as sweep ``prune-lottery``.
+
     Example: ``lottery_sweep(course_points()["lottery"])``
     """
     return _run(ticket, points, "prune-lottery", jobs, progress)
@@ -342,6 +358,7 @@ def structured_sweep(
     points: Sequence[Mapping[str, Any]], jobs: int | None = None, progress: bool | None = None
 ) -> list[dict]:
     """Records of :func:`structured` at ``points``, cached on disk as sweep ``prune-structured``.
+
     Example: ``structured_sweep(course_points()["structured"])``
     """
     return _run(structured, points, "prune-structured", jobs, progress)
@@ -350,8 +367,10 @@ def structured_sweep(
 def vit_sweep(
     points: Sequence[Mapping[str, Any]], jobs: int | None = None, progress: bool | None = None
 ) -> list[dict]:
-    """Records of :func:`surgery` at ``points``, cached on disk as sweep ``prune-vit`` (version:
-    the digits ViT's cache key). Example: ``vit_sweep(course_points()["vit"])``
+    """Records of :func:`surgery` at ``points``, cached on disk as sweep ``prune-vit``.
+
+    The sweep's version is the digits ViT's cache key.
+    Example: ``vit_sweep(course_points()["vit"])``
     """
     return _run(surgery, points, "prune-vit", jobs, progress)
 
@@ -375,8 +394,10 @@ def course_points(
     ft_lr: float = COURSE["ft_lr"],
     channel_amounts: Sequence[float] = COURSE["channel_amounts"],
 ) -> dict[str, list[dict]]:
-    """The sweep points notebook 03 builds from its parameters (``DATASET``, ``SEEDS``, ``AMOUNTS``,
-    ``FT_EPOCHS``, ``FT_LR``, ``CHANNEL_AMOUNTS``), one list per part of :data:`PARTS`.
+    """The sweep points notebook 03 builds from its parameters, one list per part of :data:`PARTS`.
+
+    The parameters: ``DATASET``, ``SEEDS``, ``AMOUNTS``, ``FT_EPOCHS``, ``FT_LR``,
+    ``CHANNEL_AMOUNTS``.
     Example: ``course_points()["vit"][0]  # {'key': ..., 'change': 'heads', 'amount': 0.25, ..}``
     """
     check_choice("dataset", dataset, _MLP_DATASETS)

@@ -48,9 +48,10 @@ __all__ = [
 
 
 def weight_grid(w: Tensor, bits: int = 4, range_fraction: float = 1.0) -> dict[str, Any]:
-    """``w`` on the symmetric ``bits`` grid whose range is ``range_fraction`` of min-max: the
-    ``scale`` (one step), the ``levels`` (the grid's real values), the rounding ``mse`` and the
-    ``clipped`` fraction of values beyond the grid's last half step.
+    """``w`` on the symmetric ``bits`` grid whose range is ``range_fraction`` of min-max.
+
+    Returns the ``scale`` (one step), the ``levels`` (the grid's real values), the rounding ``mse``
+    and the ``clipped`` fraction of values beyond the grid's last half step.
     Example: ``weight_grid(layer.weight.flatten(), bits=4, range_fraction=0.5)["mse"]``
     """
     qmin, qmax = quant.qrange(bits, symmetric=True)
@@ -67,8 +68,9 @@ def weight_grid(w: Tensor, bits: int = 4, range_fraction: float = 1.0) -> dict[s
 def plot_weight_grid(
     w: Tensor, bits: int = 4, range_fraction: float = 1.0, name: str = "weights"
 ) -> Figure:
-    """The histogram of ``w`` (the weights of layer ``name``) with the :func:`weight_grid` lines;
-    the title gives the levels, the step, the rounding MSE and the clipped fraction.
+    """The histogram of ``w`` (the weights of layer ``name``) with the :func:`weight_grid` lines.
+
+    The title gives the levels, the step, the rounding MSE and the clipped fraction.
     Example: ``widgets.live(functools.partial(plot_weight_grid, w), bits=(2, 8))``
     """
     import matplotlib.pyplot as plt  # only here: the notebook shows the figure
@@ -90,7 +92,8 @@ def plot_weight_grid(
 
 
 def sqnr_db(w: Tensor, bits: int, axis: int | None = None) -> float:
-    """Signal-to-quantization-noise ratio in dB of ``w`` on the symmetric min-max ``bits`` grid:
+    """Signal-to-quantization-noise ratio in dB of ``w`` on the symmetric min-max ``bits`` grid.
+
     ``10 log10(sum w^2 / sum (w_q - w)^2)``, one scale for the tensor (``axis=None``) or one per
     slice along ``axis`` (0: per output channel). About +6 dB per extra bit.
 
@@ -105,10 +108,11 @@ def sqnr_db(w: Tensor, bits: int, axis: int | None = None) -> float:
 
 
 def channel_ranges(layers: Mapping[str, nn.Module], bits: Sequence[int] = (8, 4)) -> list[dict]:
-    """One row per layer of ``layers`` (name -> module with a ``weight``): its weight ``shape``,
-    ``range_ratio`` (the largest per-output-channel max ``|w|`` over the smallest) and, for each
-    of ``bits``, :func:`sqnr_db` per tensor (``sqnr<b>_tensor``) and per channel
-    (``sqnr<b>_channel``).
+    """One row per layer of ``layers`` (name -> module with a ``weight``).
+
+    Each row holds its weight ``shape``, ``range_ratio`` (the largest per-output-channel max ``|w|``
+    over the smallest) and, for each of ``bits``, :func:`sqnr_db` per tensor (``sqnr<b>_tensor``)
+    and per channel (``sqnr<b>_channel``).
     Example: ``channel_ranges({"fc": nn.Linear(4, 3)})[0]["range_ratio"]``
     """
     rows = []
@@ -129,10 +133,12 @@ def channel_ranges(layers: Mapping[str, nn.Module], bits: Sequence[int] = (8, 4)
 
 
 def spread_channel_ranges(model: nn.Module, spread: float, seed: int = 0) -> nn.Module:
-    """The same function as the DSCNN ``model`` (BatchNorm folded), with the first depthwise conv's
-    per-channel weight ranges spread over ``[1, spread]``: stem output channel ``c`` shrunk by
-    ``k_c = spread ** u_c`` (``u_c`` uniform in [0, 1), seeded), depthwise filter ``c`` grown by it
-    (ReLU commutes with a positive factor). A new model; ``model`` is left as it was.
+    """The same function as the DSCNN ``model``, with per-channel weight ranges spread out.
+
+    BatchNorm is folded, and the first depthwise conv's per-channel weight ranges are spread over
+    ``[1, spread]``: stem output channel ``c`` shrunk by ``k_c = spread ** u_c`` (``u_c`` uniform in
+    [0, 1), seeded), depthwise filter ``c`` grown by it (ReLU commutes with a positive factor). A
+    new model; ``model`` is left as it was.
     Example: ``spread_channel_ranges(models.pretrained("dscnn", "digits"), 100.0)``
     """
     spread = check_number("spread", spread, minimum=1.0)
@@ -154,9 +160,11 @@ def spread_table(
     spreads: Sequence[float] = (1, 10, 100, 1000),
     bits: Sequence[int] = (8, 6),
 ) -> list[dict]:
-    """One row per ``spread`` of :func:`spread_channel_ranges`: the float model's test accuracy
-    (``fp32``) and that of its weights quantized per tensor and per channel at each of ``bits``
-    (``"W<b> per_tensor"``, ``"W<b> per_channel"``; activations stay float).
+    """One row per ``spread`` of :func:`spread_channel_ranges`, float and weight-quantized.
+
+    Each row holds the float model's test accuracy (``fp32``) and that of its weights quantized per
+    tensor and per channel at each of ``bits`` (``"W<b> per_tensor"``, ``"W<b> per_channel"``;
+    activations stay float).
     Example: ``spread_table(models.pretrained("dscnn", "digits"), data.load("digits"))``
     """
     rows = []
@@ -172,8 +180,10 @@ def spread_table(
 
 
 def layer_inputs(model: nn.Module, name: str, X: Tensor) -> Tensor:
-    """Every value the layer ``name`` of ``model`` (BatchNorm folded, as PTQ sees it) receives
-    for the inputs ``X``, flattened. Example: ``layer_inputs(model, "blocks.1.pointwise.0", X)``
+    """Every value the layer ``name`` of ``model`` receives for the inputs ``X``, flattened.
+
+    ``model`` is taken with BatchNorm folded, as PTQ sees it.
+    Example: ``layer_inputs(model, "blocks.1.pointwise.0", X)``
     """
     folded = quant.fold_bn(model)
     seen: list[Tensor] = []
@@ -189,9 +199,10 @@ def layer_inputs(model: nn.Module, name: str, X: Tensor) -> Tensor:
 
 
 def calibration_ranges(x: Tensor, bits: int = 4) -> list[dict]:
-    """One row per calibration method (``quant.Observer`` on ``x``, affine unsigned grid): the
-    ``low`` and ``high`` of its range, the ``step`` (scale), the fake-quant ``mse`` on ``x`` and
-    the ``clipped`` fraction above ``high``.
+    """One row per calibration method (``quant.Observer`` on ``x``, affine unsigned grid).
+
+    Each row holds the ``low`` and ``high`` of its range, the ``step`` (scale), the fake-quant
+    ``mse`` on ``x`` and the ``clipped`` fraction above ``high``.
     Example: ``calibration_ranges(layer_inputs(model, name, X), bits=4)[0]["method"]  # 'minmax'``
     """
     rows = []
@@ -214,6 +225,7 @@ def calibration_ranges(x: Tensor, bits: int = 4) -> list[dict]:
 
 def plot_calibration(x: Tensor, rows: Sequence[Mapping], name: str = "inputs") -> Axes:
     """The histogram of ``x`` (log counts) with the top of each :func:`calibration_ranges` range.
+
     Example: ``plot_calibration(acts, calibration_ranges(acts), "blocks.1.pointwise.0")``
     """
     import matplotlib.pyplot as plt  # only here: the notebook shows the figure
@@ -231,8 +243,9 @@ def plot_calibration(x: Tensor, rows: Sequence[Mapping], name: str = "inputs") -
 def plot_ptq(
     records: Sequence[Mapping], fp32_bytes: int, fp32_acc: float, model: str = COURSE["model"]
 ) -> Figure:
-    """PTQ accuracy against packed bytes, one panel per calibration (min-max, MSE), a line per
-    granularity annotated with the bits, and the fp32 model as a star and a dotted line.
+    """PTQ accuracy against packed bytes, one panel per calibration (min-max, MSE).
+
+    A line per granularity annotated with the bits, and the fp32 model as a star and a dotted line.
     Example: ``plot_ptq(results["ptq"], measure.model_bytes(model), fp32_acc)``
     """
     import matplotlib.pyplot as plt  # only here: the notebook shows the figure
@@ -254,8 +267,9 @@ def plot_ptq(
 
 
 def plot_qat(records: Sequence[Mapping], fp32_acc: float, title: str | None = None) -> Axes:
-    """QAT accuracy per bit width in each setting (records of ``qat_against_ptq``) against the
-    best and the worst PTQ setting at that width, and fp32.
+    """QAT accuracy per bit width in each setting (records of ``qat_against_ptq``).
+
+    Drawn against the best and the worst PTQ setting at that width, and fp32.
     Example: ``plot_qat(results["qat"], fp32_acc, title="QAT against PTQ")``
     """
     bits = sorted({r["bits"] for r in records})

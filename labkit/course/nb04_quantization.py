@@ -135,9 +135,10 @@ def qat_point(
     num_epochs: int = COURSE["qat_epochs"],
     lr: float = COURSE["qat_lr"],
 ) -> dict[str, Any]:
-    """One point of sweep ``04-qat``: ``quant.qat`` from the PTQ model of the same setting
-    (weights = activations at ``bits``), fine-tuned ``num_epochs`` at ``lr`` (seed 0). Returns
-    the test accuracy ``qat_acc``.
+    """One point of sweep ``04-qat``: ``quant.qat`` from the PTQ model of the same setting.
+
+    Weights = activations at ``bits``, fine-tuned ``num_epochs`` at ``lr`` (seed 0). Returns the
+    test accuracy ``qat_acc``.
     Example: ``qat_point(2, "per_channel", "mse")["qat_acc"]``
     """
     ds = data.load(dataset)
@@ -194,9 +195,11 @@ def course_points(
     dataset: str = COURSE["dataset"],
     qat_bits: Sequence[int] = COURSE["qat_bits"],
 ) -> dict[str, list[dict]]:
-    """The sweep points of notebook 04: ``ptq`` (every bit width, granularity and calibration),
-    ``qat`` (``qat_bits`` x ``COURSE["qat_settings"]``) and ``int8`` (``model`` static, then
-    each ``COURSE["int8"]`` pair the zoo holds for ``dataset``, each once).
+    """The sweep points of notebook 04: ``ptq``, ``qat`` and ``int8``.
+
+    ``ptq``: every bit width, granularity and calibration; ``qat``: ``qat_bits`` x
+    ``COURSE["qat_settings"]``; ``int8``: ``model`` static, then each ``COURSE["int8"]`` pair the
+    zoo holds for ``dataset``, each once.
     Example: ``len(course_points()["ptq"])  # 7 bit widths x 2 granularities x 3 calibrations``
     """
     qat_bits = [check_int("qat_bits", b, minimum=2, maximum=8) for b in qat_bits]
@@ -220,8 +223,9 @@ def course_points(
 
 
 def is_default(**params: Any) -> bool:
-    """Whether every parameter given has its ``COURSE`` value: the notebook checks the claims its
-    text makes (which describe the defaults) only then.
+    """Whether every parameter given has its ``COURSE`` value.
+
+    The notebook checks the claims its text makes (which describe the defaults) only then.
     Example: ``is_default(model="dscnn", dataset="digits")  # True``
     """
     unknown = sorted(set(params) - set(COURSE))
@@ -238,8 +242,11 @@ def ptq_sweep(
     calib_samples: int = COURSE["calib_samples"],
     progress: bool | None = None,
 ) -> list[dict]:
-    """``sweep.run(ptq_point, points)`` for ``model`` on ``dataset``, cached on disk as sweep
-    ``04-ptq-<model>-<dataset>``. Example: ``ptq_sweep(course_points()["ptq"])``"""
+    """``sweep.run(ptq_point, points)`` for ``model`` on ``dataset``, cached on disk.
+
+    The sweep is ``04-ptq-<model>-<dataset>``.
+    Example: ``ptq_sweep(course_points()["ptq"])``
+    """
     calib_samples = check_int("calib_samples", calib_samples, minimum=1)
     fn = functools.partial(ptq_point, model=model, dataset=dataset, calib_samples=calib_samples)
     return sweep.run(
@@ -260,7 +267,9 @@ def qat_sweep(
     progress: bool | None = None,
 ) -> list[dict]:
     """``sweep.run(qat_point, points)``, cached on disk as sweep ``04-qat-<model>-<dataset>``.
-    Example: ``qat_sweep(course_points()["qat"], num_epochs=3)``"""
+
+    Example: ``qat_sweep(course_points()["qat"], num_epochs=3)``
+    """
     calib_samples = check_int("calib_samples", calib_samples, minimum=1)
     num_epochs = check_int("num_epochs", num_epochs, minimum=1)
     fn = functools.partial(
@@ -282,7 +291,9 @@ def int8_sweep(
     progress: bool | None = None,
 ) -> list[dict]:
     """``sweep.run(int8_point, points)``, cached on disk as sweep ``04-int8-<dataset>``.
-    Example: ``int8_sweep(course_points()["int8"])``"""
+
+    Example: ``int8_sweep(course_points()["int8"])``
+    """
     calib_samples = check_int("calib_samples", calib_samples, minimum=1)
     fn = functools.partial(int8_point, dataset=dataset, calib_samples=calib_samples)
     keys = sorted({models.cache_key(p["model"], dataset) for p in points})
@@ -296,8 +307,10 @@ def int8_sweep(
 
 
 def qat_against_ptq(qat: Sequence[Mapping], ptq: Sequence[Mapping]) -> list[dict]:
-    """Each QAT record with ``ptq_acc`` (the PTQ of the same bits, granularity and calibration)
-    and ``best_ptq`` / ``worst_ptq`` (the most and least accurate PTQ setting at its bit width).
+    """Each QAT record with the accuracy of its PTQ and of the best and worst PTQ setting.
+
+    ``ptq_acc``: the PTQ of the same bits, granularity and calibration; ``best_ptq`` /
+    ``worst_ptq``: the most and least accurate PTQ setting at its bit width.
     Example: ``qat_against_ptq(results["qat"], results["ptq"])[0]["best_ptq"]``
     """
     acc = {(r["bits"], r["granularity"], r["calibration"]): r["acc"] for r in ptq}
@@ -321,8 +334,9 @@ def course_results(
     qat_epochs: int = COURSE["qat_epochs"],
     progress: bool | None = None,
 ) -> dict[str, list[dict]]:
-    """Records of the three sweeps at :func:`course_points`, computed where missing (instant at
-    the defaults after ``labkit prepare``). ``qat`` records carry the PTQ comparison of
+    """Records of the three sweeps at :func:`course_points`, computed where missing.
+
+    Instant at the defaults after ``labkit prepare``. ``qat`` records carry the PTQ comparison of
     :func:`qat_against_ptq`.
     Example: ``results = course_results("dscnn", "digits"); results["ptq"][0]["acc"]``
     """
@@ -377,8 +391,10 @@ def steps() -> list[Step]:
 
 
 def int8_speedup(rows: Sequence[Mapping]) -> float:
-    """The best fp32 median latency over the best int8 one, from ``quant.int8.compare_speed``'s
-    rows (> 1: int8 is faster). Example: ``int8_speedup(compare_speed(model, {"int8": q}, X))``
+    """The best fp32 median latency over the best int8 one (> 1: int8 is faster).
+
+    Computed from ``quant.int8.compare_speed``'s rows.
+    Example: ``int8_speedup(compare_speed(model, {"int8": q}, X))``
     """
     best = {fp32: min(r["median_ms"] for r in rows if r["fp32"] == fp32) for fp32 in (True, False)}
     return best[True] / best[False]
@@ -388,8 +404,9 @@ def int8_speedup(rows: Sequence[Mapping]) -> float:
 
 
 def torch_ao_qparams(x_min: float, x_max: float, bits: int) -> tuple[float, int]:
-    """``(scale, zero_point)`` of ``torch.ao``'s ``MinMaxObserver`` for the range ``[x_min, x_max]``
-    on the unsigned grid ``[0, 2^bits - 1]``: the reference of notebook 04's exercise 1.
+    """``(scale, zero_point)`` of ``torch.ao``'s ``MinMaxObserver`` for a range ``[x_min, x_max]``.
+
+    On the unsigned grid ``[0, 2^bits - 1]``: the reference of notebook 04's exercise 1.
     Example: ``torch_ao_qparams(-1.0, 3.0, 8)  # (0.01568..., 64)``
     """
     with quant_int8.quiet():  # torch.ao is deprecated upstream; it serves as an oracle here
@@ -402,10 +419,12 @@ def torch_ao_qparams(x_min: float, x_max: float, bits: int) -> tuple[float, int]
 
 
 def check_per_channel_scales(fn: Callable[[Tensor, int], Tensor], w: Tensor, bits: int) -> None:
-    """The check of notebook 04's exercise 3: ``fn(w, bits)`` must return one symmetric scale per
-    output channel (dim 0) such that ``torch.fake_quantize_per_channel_affine`` on the signed
-    ``bits`` grid rounds every weight to within half a step (nothing clipped) and puts each
-    channel's largest ``|w|`` on the top code. Raises AssertionError naming what is wrong.
+    """The check of notebook 04's exercise 3 (symmetric per-channel weight scales).
+
+    ``fn(w, bits)`` must return one symmetric scale per output channel (dim 0) such that
+    ``torch.fake_quantize_per_channel_affine`` on the signed ``bits`` grid rounds every weight to
+    within half a step (nothing clipped) and puts each channel's largest ``|w|`` on the top code.
+    Raises AssertionError naming what is wrong.
 
     Example:
         >>> import torch
@@ -428,11 +447,12 @@ def check_per_channel_scales(fn: Callable[[Tensor, int], Tensor], w: Tensor, bit
 
 
 def torch_ao_agreement(model: nn.Module, ds: Any, backend: str = "qnnpack") -> dict[str, Any]:
-    """``quant.integer.to_integer(model, ds)`` with single and with gemmlowp's double rounding,
-    against the same network on ``torch.ao``'s ``backend`` kernels, on the test inputs: the
-    fraction of logit codes identical to torch.ao's (``exact``, ``gemmlowp_exact``), the largest
-    difference in codes (``max_diff``, ``gemmlowp_max_diff``), and the test accuracy of each
-    (``acc``, ``ao_acc``, ``gemmlowp_acc``).
+    """``quant.integer.to_integer(model, ds)`` against the same network on ``torch.ao``.
+
+    Runs it with single and with gemmlowp's double rounding, against the same network on
+    ``torch.ao``'s ``backend`` kernels, on the test inputs: the fraction of logit codes identical to
+    torch.ao's (``exact``, ``gemmlowp_exact``), the largest difference in codes (``max_diff``,
+    ``gemmlowp_max_diff``), and the test accuracy of each (``acc``, ``ao_acc``, ``gemmlowp_acc``).
     Example: ``torch_ao_agreement(models.pretrained("dscnn", "digits"), ds)["exact"]  # 1.0``
     """
     int_model = quant_integer.to_integer(model, ds, rounding="single")

@@ -26,9 +26,11 @@ __all__ = ["reference_group_qparams", "check_group_qparams", "sweep_plot", "size
 def reference_group_qparams(
     w: torch.Tensor, bits: int, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Affine min-max ``(scale, zero_point)`` per group of ``group_size`` columns of ``w``
-    ``(out, in)``, by PyTorch's ``PerChannelMinMaxObserver`` on ``w.view(-1, group_size)``:
-    both ``(out, in // group_size)``. The oracle of notebook 05's exercise 1.
+    """Affine min-max ``(scale, zero_point)`` per group of ``group_size`` columns of ``w``.
+
+    ``w`` is ``(out, in)``; computed by PyTorch's ``PerChannelMinMaxObserver`` on
+    ``w.view(-1, group_size)``: both ``(out, in // group_size)``. The oracle of notebook 05's
+    exercise 1.
 
     Example:
         >>> s, z = reference_group_qparams(torch.tensor([[-1.0, 2.0, 0.0, 3.0]]), 2, 2)
@@ -60,8 +62,10 @@ def check_group_qparams(
     bits: int,
     group_size: int,
 ) -> None:
-    """Assert that ``fn(w, bits, group_size)`` returns :func:`reference_group_qparams`'s
-    ``(scale, zero_point)`` (scales to 1e-5 relative, zero points exactly).
+    """Assert that ``fn(w, bits, group_size)`` matches :func:`reference_group_qparams`.
+
+    Both parts of ``(scale, zero_point)`` are compared: scales to 1e-5 relative, zero points
+    exactly.
 
     Example: ``check_group_qparams(my_group_qparams, W[:64], 4, 32)``
     """
@@ -75,11 +79,14 @@ def check_group_qparams(
 def sweep_plot(
     y: str, fp32_point: Mapping[str, Any], num_weights: int
 ) -> Callable[[Sequence[Mapping[str, Any]], Any], None]:
-    """The background of the sweep's widget: ``y`` against bytes, one colour per method, one line
-    style per group size, float32 as a star and the bytes at 16 … 1 bits per quantized weight.
+    """The background of the sweep's widget: ``y`` against bytes.
 
-    ``fp32_point``: ``{"bytes": ..., y: ...}`` of the float model; ``num_weights``: how many of
-    its weights are quantized. Example: ``widgets.explore(recs, plot=sweep_plot("ppl", ref, n))``
+    One colour per method, one line style per group size, float32 as a star and the bytes at 16 … 1
+    bits per quantized weight.
+
+    ``fp32_point``: ``{"bytes": ..., y: ...}`` of the float model; ``num_weights``: how many of its
+    weights are quantized.
+    Example: ``widgets.explore(recs, plot=sweep_plot("ppl", ref, n))``
     """
     other = fp32_point["bytes"] - 4 * num_weights  # bytes that quantization leaves alone
 
@@ -110,12 +117,14 @@ def summary(
     bits: Sequence[int] = COURSE["bits"],
     group_sizes: Sequence[int | str] = COURSE["group_sizes"],
 ) -> str:
-    """The notebook's closing figures as text: the 4- and 2-bit size limits and file ratios (groups
-    of 64), the LM's perplexity RTN -> GPTQ at each of ``group_sizes`` x ``bits``, and ternary
-    PTQ -> QAT.
+    """The notebook's closing figures as text.
 
-    ``results``: :func:`course_results`'s dict; ``fp32``: ``{lm: {bytes, ppl}, classifier:
-    {bytes, acc}}``. Example: ``print(summary(results, fp32))``
+    The 4- and 2-bit size limits and file ratios (groups of 64), the LM's perplexity RTN -> GPTQ at
+    each of ``group_sizes`` x ``bits``, and ternary PTQ -> QAT.
+
+    ``results``: :func:`course_results`'s dict; ``fp32``:
+    ``{lm: {bytes, ppl}, classifier: {bytes, acc}}``.
+    Example: ``print(summary(results, fp32))``
     """
     lm_recs, clf_recs, qat = results["lm"], results["classifier"], results["qat"]
     lines = []

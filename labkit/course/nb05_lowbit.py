@@ -94,8 +94,10 @@ def _check_group_size(group_size: Any) -> int | str:
 
 
 def calibration_ids(text: data.TextData, block_size: int, windows: int) -> torch.Tensor:
-    """The first ``windows * block_size`` training characters of ``text`` as GPTQ calibration
-    token ids, one window per row: ``(windows, block_size)``.
+    """GPTQ calibration token ids from the first training characters of ``text``.
+
+    The first ``windows * block_size`` training characters of ``text``, one window per row:
+    ``(windows, block_size)``.
 
     Example: ``calibration_ids(data.load("pydoc"), 64, 8).shape  # (8, 64)``
     """
@@ -267,8 +269,10 @@ def course_points(
     classifier: str = COURSE["classifier"],
     dataset: str = COURSE["dataset"],
 ) -> dict[str, list[dict]]:
-    """The points of notebook 05's sweeps: ``lm``, ``classifier`` (:func:`sweep_points` with the
-    model each point quantizes) and ``qat`` (one point).
+    """The points of notebook 05's sweeps: ``lm``, ``classifier`` and ``qat``.
+
+    ``lm`` and ``classifier``: :func:`sweep_points` with the model each point quantizes; ``qat``:
+    one point.
 
     Example: ``course_points()["qat"]  # [{'num_epochs': 10, 'classifier': 'mlp', ...}]``
     """
@@ -319,9 +323,11 @@ def course_results(
     qat_epochs: int = COURSE["qat_epochs"],
     progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Records of notebook 05's sweeps, computed where missing: ``lm`` and ``classifier`` (one
-    record per :func:`sweep_points` point: ``method, bits, group_size, bytes, weight_bytes`` and
-    ``ppl`` or ``acc``) and ``qat`` (the one :func:`qat_point` record).
+    """Records of notebook 05's sweeps (``lm``, ``classifier``, ``qat``), computed where missing.
+
+    ``lm`` and ``classifier``: one record per :func:`sweep_points` point
+    (``method, bits, group_size, bytes, weight_bytes`` and ``ppl`` or ``acc``); ``qat``: the one
+    :func:`qat_point` record.
 
     Instant at the defaults after ``labkit prepare``; other parameters compute their points once
     (cached on disk by ``sweep.run``).

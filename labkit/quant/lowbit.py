@@ -243,8 +243,10 @@ def packed_layers(model: nn.Module) -> dict[str, PackedLinear]:
 
 
 def weight_bytes(model: nn.Module) -> dict[str, int]:
-    """Weights the packed layers hold: ``numel``, ``fp32_bytes`` (4 per weight) and ``bytes``
-    (packed codes + scales + zero points/codebooks, biases excluded).
+    """Weights the packed layers hold: ``numel``, ``fp32_bytes`` and ``bytes``.
+
+    ``fp32_bytes``: 4 per weight; ``bytes``: packed codes + scales + zero points/codebooks, biases
+    excluded.
 
     Example: ``r = weight_bytes(qmodel); r["fp32_bytes"] / r["bytes"]  # ~14.9 at 2 bits``
     """
@@ -398,8 +400,10 @@ def _nbytes(n: int, bits: int) -> int:
 
 
 def pack_ternary(codes: Tensor) -> Tensor:
-    """Pack codes in {0, 1, 2} five per byte in base 3 (``c0 + 3 c1 + 9 c2 + 27 c3 + 81 c4`` <=
-    242): 1.6 bits per weight, against log2(3) = 1.585 for any ternary code.
+    """Pack codes in {0, 1, 2} five per byte in base 3.
+
+    The byte is ``c0 + 3 c1 + 9 c2 + 27 c3 + 81 c4`` <= 242: 1.6 bits per weight, against log2(3) =
+    1.585 for any ternary code.
 
     Example: ``pack_ternary(torch.tensor([2, 1, 0, 0, 1]))  # tensor([86])``
     """
