@@ -57,3 +57,54 @@ def test_a_wrong_example_fails():
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     runner.run(test, out=lambda text: None)
     assert runner.summarize(verbose=False).failed == 1
+
+
+def _summary_problems(module) -> list[str]:
+    """Public names of ``module`` (its ``__all__``, defined there) whose docstring does not open
+    with a one-line summary followed by a blank line (or end there)."""
+    import inspect
+
+    found = []
+    for name in getattr(module, "__all__", []):
+        obj = (
+            inspect.unwrap(getattr(module, name, None))
+            if callable(getattr(module, name, None))
+            else None
+        )
+        if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+            continue
+        if obj.__module__ != module.__name__:
+            continue
+        members = [(name, obj)]
+        if inspect.isclass(obj):
+            members += [
+                (f"{name}.{k}", v)
+                for k, v in vars(obj).items()
+                if inspect.isfunction(v) and not k.startswith("_")
+            ]
+        for label, member in members:
+            doc = inspect.getdoc(member) or ""
+            first = doc.split("\n\n")[0]
+            if not doc or "\n" in first:
+                found.append(f"{module.__name__}.{label}")
+    return found
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_public_docstrings_open_with_a_one_line_summary(name):
+    problems = _summary_problems(importlib.import_module(name))
+    assert not problems, "docstrings without a one-line summary first: " + ", ".join(problems)
+
+
+def test_the_summary_check_catches_a_run_on_first_paragraph():
+    import types
+
+    module = types.ModuleType("fake")
+
+    def run_on():
+        """First line
+        runs on into a second."""
+
+    run_on.__module__ = "fake"
+    module.run_on, module.__all__ = run_on, ["run_on"]
+    assert _summary_problems(module) == ["fake.run_on"]
