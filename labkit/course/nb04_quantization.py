@@ -85,9 +85,13 @@ SWEEP_VERSIONS = {"ptq": 1, "qat": 1, "int8": 1}
 """Bump one to recompute that sweep of notebook 04."""
 
 
-def _version(kind: str, keys: Sequence[str]) -> str:
-    """The sweep's cache version: the pretrained models' cache keys and the sweep's version."""
-    return utils.stable_hash({"models": list(keys), "sweep": SWEEP_VERSIONS[kind]})
+def _run(
+    kind: str, fn: Any, points: Sequence[dict], name: str, keys: Sequence[str], progress: Any
+) -> list[dict]:
+    """``sweep.run`` of one of the three sweeps, versioned by the pretrained models' cache keys
+    and the sweep's entry in :data:`SWEEP_VERSIONS`."""
+    version = utils.stable_hash({"models": list(keys), "sweep": SWEEP_VERSIONS[kind]})
+    return sweep.run(fn, points, name=name, version=version, progress=progress)
 
 
 # --------------------------------------------------------------------------- one sweep point each
@@ -249,13 +253,8 @@ def ptq_sweep(
     """
     calib_samples = check_int("calib_samples", calib_samples, minimum=1)
     fn = functools.partial(ptq_point, model=model, dataset=dataset, calib_samples=calib_samples)
-    return sweep.run(
-        fn,
-        points,
-        name=f"04-ptq-{model}-{dataset}",
-        version=_version("ptq", [models.cache_key(model, dataset)]),
-        progress=progress,
-    )
+    keys = [models.cache_key(model, dataset)]
+    return _run("ptq", fn, points, f"04-ptq-{model}-{dataset}", keys, progress)
 
 
 def qat_sweep(
@@ -275,13 +274,8 @@ def qat_sweep(
     fn = functools.partial(
         qat_point, model=model, dataset=dataset, calib_samples=calib_samples, num_epochs=num_epochs
     )
-    return sweep.run(
-        fn,
-        points,
-        name=f"04-qat-{model}-{dataset}",
-        version=_version("qat", [models.cache_key(model, dataset)]),
-        progress=progress,
-    )
+    keys = [models.cache_key(model, dataset)]
+    return _run("qat", fn, points, f"04-qat-{model}-{dataset}", keys, progress)
 
 
 def int8_sweep(
@@ -297,13 +291,7 @@ def int8_sweep(
     calib_samples = check_int("calib_samples", calib_samples, minimum=1)
     fn = functools.partial(int8_point, dataset=dataset, calib_samples=calib_samples)
     keys = sorted({models.cache_key(p["model"], dataset) for p in points})
-    return sweep.run(
-        fn,
-        points,
-        name=f"04-int8-{dataset}",
-        version=_version("int8", keys),
-        progress=progress,
-    )
+    return _run("int8", fn, points, f"04-int8-{dataset}", keys, progress)
 
 
 def qat_against_ptq(qat: Sequence[Mapping], ptq: Sequence[Mapping]) -> list[dict]:
