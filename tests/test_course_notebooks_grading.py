@@ -1,11 +1,10 @@
 """Every course notebook's graded tests are real: full points with the solution, 0 without it.
 
-:func:`labkit.grading.verify_notebook` runs each notebook ONCE under nbval: each exercise runs with
-its solution (its graded cells must pass), then with the released stub (the same graded cells,
-hidden tests included, must fail), and the rest of the notebook runs on with the stubs in place.
-Cost: one run of the notebook plus each graded cell once more (about 1x the notebook's own
-budget, <= 90 s; the 3-exercise fixture takes 2.4-4.2 s) instead of two full runs (source and
-workbook).
+:func:`labkit.grading.verify_notebook` grades each notebook twice with the grader itself (the
+sandboxed student's process and the verdict process, docs/grading.md section 6): the course
+notebook as a submission must earn full points, its released workbook 0, and no course cell may
+fail in either run. So every test also works through the grader's proxies (calls into the
+student's code return data; gradients flow back; labkit models arrive rebuilt).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Graded assignments over nbval: release workbooks, let students check, grade submissions.
+"""Graded assignments: release workbooks, let students check (nbval), grade submissions (sandboxed).
 
     labkit release notebooks/ -o release/                  # workbooks + manifest.json
     labkit check workbooks/00_efficiency_basics.ipynb      # a student's visible tests
@@ -6,8 +6,11 @@
 
 The whole cycle, the grading model and its limits are in docs/grading.md. Modules: ``source``
 (markers, validation), ``workbook`` (release, self-study folders), ``execute`` (pytest + nbval
-in a subprocess), ``submission`` (grade one), ``gradebook`` (many, CSV, feedback), ``check``
-(student check, :func:`verify_notebook`), ``scan`` (tamper flags), ``commands`` (argparse).
+in a subprocess, for ``labkit check``), ``submission`` (grade one), ``verdict`` (the grader's
+process: course code and the tests), ``student`` (the student's process: their code),
+``sandbox`` (bubblewrap and limits), ``remote`` and ``wire`` (requests out, plain data back),
+``gradebook`` (many, CSV, feedback), ``check`` (student check, :func:`verify_notebook`),
+``scan`` (tamper flags), ``commands`` (argparse).
 Importing this package is cheap: the functions below load their module on first use.
 
 Example:

@@ -8,22 +8,16 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from labkit.grading.execute import code_cell_numbers, run_nbval, run_recovering
-from labkit.grading.source import (
-    NotebookError,
-    cell_role,
-    clean_copy,
-    nbgrader_meta,
-    read_notebook,
-    validate_source,
-)
+import nbformat
+
+from labkit.grading.execute import code_cell_numbers, run_recovering
+from labkit.grading.source import NotebookError, cell_role, clean_copy, nbgrader_meta, read_notebook
 from labkit.grading.submission import TestResult
-from labkit.grading.workbook import release_notebook
 
 __all__ = ["check_notebook", "verify_notebook"]
 
@@ -89,95 +83,79 @@ def _exercises(nb: Any) -> tuple[list[dict[str, list[int]]], list[str]]:
 
 
 def verify_notebook(
-    path: str | os.PathLike, *, cell_timeout: float = 120, timeout: float = 900
+    path: str | os.PathLike,
+    *,
+    cell_timeout: float = 120,
+    timeout: float = 900,
+    sandbox: bool | None = None,
 ) -> dict[str, Any]:
-    """Prove a course notebook's graded tests: full points with the solution, 0 without it.
+    """Prove a course notebook's graded tests with the grader itself: full points, then 0.
 
-    One nbval run of the source in which every exercise runs twice: solution cells and their
-    graded cells as in the source (each must pass), then the released stubs of the solution cells
-    with the same graded cells again (each must fail). The stubs stay in effect afterwards, so the
-    rest of the notebook also shows it runs with that exercise unsolved. This costs one run of
-    the notebook plus each graded cell once more, against two full runs for source + workbook,
-    and is stricter: each graded cell must fail when its own exercise is unsolved.
+    Grades the course notebook as a submission (every graded cell must pass: the source earns
+    full points) and its released workbook (every graded cell must fail: the workbook earns 0,
+    so no test is vacuous), exactly as ``labkit grade`` would, and checks that no course cell
+    fails in either run (so later cells do not depend on an unsolved exercise). ``sandbox``
+    defaults to whether bubblewrap is available (the notebook is the instructor's own).
 
     Returns {'notebook', 'ok', 'max_points', 'source_points', 'released_points', 'problems',
     'notes', 'seconds'}; ``ok`` is True when there are no problems.
 
     Example: ``assert verify_notebook("notebooks/00_efficiency_basics.ipynb")["ok"]``
     """
+    from labkit.grading import sandbox as _sandbox
+    from labkit.grading.submission import grade_notebook, load_sources
+
     path = Path(path)
     report: dict[str, Any] = {
         "notebook": path.name, "ok": False, "max_points": 0, "source_points": 0,
         "released_points": 0, "problems": [], "notes": [], "seconds": 0.0,
     }  # fmt: skip
     try:
-        nb = read_notebook(path)
-        info = validate_source(nb, path.name)
+        (src,) = load_sources([path])
     except NotebookError as err:
         report["problems"].append(str(err))
         return report
-    workbook = release_notebook(nb, path.name)
-    groups, problems = _exercises(nb)
+    groups, problems = _exercises(src.nb)
     report["problems"] += problems
-    report["max_points"] = info.max_points
-    if not info.graded:
+    report["max_points"] = src.info.max_points
+    if not src.info.graded:
         report["problems"].append("no graded cells")
-
-    last_graded = {g["graded"][-1]: g for g in groups if g["graded"]}
     for g in groups:
         if not g["graded"]:
-            ids = [nbgrader_meta(nb.cells[i])["grade_id"] for i in g["solutions"]]
+            ids = [nbgrader_meta(src.nb.cells[i])["grade_id"] for i in g["solutions"]]
             report["notes"].append(f"solution cell(s) {', '.join(ids)} have no graded cell")
-    cells, kinds = [], []
-    seen_stub = False
-    for i, cell in enumerate(nb.cells):
-        cells.append(copy.deepcopy(cell))
-        kinds.append(
-            ("solved", i) if cell_role(cell) == "graded" else ("after-stub" if seen_stub else "", i)
-        )
-        if i in last_graded:
-            g = last_graded[i]
-            for j in g["solutions"]:
-                cells.append(copy.deepcopy(workbook.cells[j]))
-                kinds.append(("stub-solution", j))
-            for j in g["graded"]:
-                cells.append(copy.deepcopy(nb.cells[j]))
-                kinds.append(("stub", j))
-            seen_stub = True
-    run_nb = clean_copy(nb)
-    run_nb.cells = cells
-    numbers = code_cell_numbers(run_nb)
-    result = run_nbval(run_nb, cell_timeout=cell_timeout, timeout=timeout)
-    report["seconds"] = result.seconds
-    if result.timed_out:
-        report["problems"].append(f"the verify run passed its {timeout:g} s limit")
-    for k, (kind, i) in enumerate(kinds):
-        if k not in numbers:
-            continue
-        outcome = result.outcomes.get(numbers[k])
-        status, message = (outcome.status, outcome.message) if outcome else ("not run", "")
-        gid = nbgrader_meta(nb.cells[i]).get("grade_id", "")
-        if kind == "solved":
-            if status == "passed":
-                report["source_points"] += info.points(gid)
-            else:
-                hint = ""
-                if "NotImplementedError" in message:
-                    hint = " (does it call an earlier exercise's function? tests must not)"
-                report["problems"].append(
-                    f"graded cell {gid} fails with the solution{hint}: {message}"
-                )
-        elif kind == "stub":
-            if status == "passed":
-                report["released_points"] += info.points(gid)
-                report["problems"].append(
-                    f"graded cell {gid} passes without its solution: the test is vacuous"
-                )
-        elif kind == "stub-solution":
-            if status not in ("passed", "skipped"):
-                report["notes"].append(f"released solution cell {gid} raises when run: {message}")
-        elif status not in ("passed", "skipped"):
-            hint = " (with an exercise above unsolved: later cells must not use it)" if kind else ""
-            report["problems"].append(f"cell {i} fails{hint}: {message}")
+    sandbox = _sandbox.available() if sandbox is None else sandbox
+    kw = {"cell_timeout": cell_timeout, "timeout": timeout, "sandbox": sandbox}
+    with tempfile.TemporaryDirectory(prefix="labkit-verify-") as tmp:
+        workbook = Path(tmp) / path.name
+        nbformat.write(src.workbook, str(workbook))
+        solved = grade_notebook(src, path, submission="source", **kw)
+        unsolved = grade_notebook(src, workbook, submission="workbook", **kw)
+    report["seconds"] = solved.seconds + unsolved.seconds
+    for row, label in ((solved, "with the solutions"), (unsolved, "with the exercises unsolved")):
+        if row.status != "ok":
+            report["problems"].append(f"grading {label}: {row.status}: {row.reason}")
+        for note in row.notes:
+            if note.startswith("course cell"):
+                report["problems"].append(f"{note} ({label})")
+            elif note.startswith("solution cell") and row is unsolved:
+                report["notes"].append(f"released {note}")
+            elif not note.startswith("test cell"):
+                report["problems"].append(f"{note} ({label})")
+    for gid, test in solved.tests.items():
+        report["source_points"] += test.earned
+        if test.status != "passed":
+            hint = ""
+            if "NotImplementedError" in test.message:
+                hint = " (does it call an earlier exercise's function? tests must not)"
+            report["problems"].append(
+                f"graded cell {gid} fails with the solution{hint}: {test.message}"
+            )
+    for gid, test in unsolved.tests.items():
+        report["released_points"] += test.earned
+        if test.status == "passed":
+            report["problems"].append(
+                f"graded cell {gid} passes without its solution: the test is vacuous"
+            )
     report["ok"] = not report["problems"]
     return report

@@ -93,6 +93,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
             args.submissions, args.source, args.output, jobs=args.jobs,
             cell_timeout=args.cell_timeout, timeout=args.timeout, manifest=args.manifest,
             feedback_dir=args.feedback_dir, verbose=not args.quiet,
+            sandbox=not args.no_sandbox, memory_gb=args.memory_gb,
         )  # fmt: skip
     except (ValueError, OSError) as err:
         return _err("grade", err)
@@ -142,4 +143,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", type=Path, help="the release's manifest.json (tamper checks)")
     p.add_argument("--feedback-dir", type=Path, help="default: feedback/ next to the CSV")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-notebook progress lines")
+    p.add_argument(
+        "--memory-gb", type=_positive, default=6.0, metavar="GB",
+        help="memory (heap) limit of each student's process (default 6)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-sandbox", action="store_true",
+        help="run students' code without bubblewrap: it can then read your files, use the "
+        "network and signal your processes (verdicts are still decided outside it)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_grade)

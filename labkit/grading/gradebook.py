@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.grading import sandbox as _sandbox
 from labkit.grading.source import nbgrader_meta
 from labkit.grading.submission import Row, SourceNotebook, grade_notebook, load_sources
 from labkit.utils import atomic_write_bytes, check_int, sha256_file
@@ -187,6 +188,8 @@ def grade(
     manifest: str | os.PathLike | None = None,
     feedback_dir: str | os.PathLike | None = None,
     verbose: bool = True,
+    sandbox: bool = True,
+    memory_gb: float = 6.0,
 ) -> list[Row]:
     """Grade every submission against the course notebooks; write the CSV and feedback files.
 
@@ -194,10 +197,20 @@ def grade(
     ``timeout`` are seconds per cell and per notebook. Feedback goes to
     ``feedback_dir/<submission>/<notebook stem>.md`` (default: ``feedback/`` next to the CSV).
     Bad submissions become rows with 0 points and a reason; bad sources raise NotebookError.
+    Each student's code runs sandboxed (:mod:`labkit.grading.sandbox`, at most ``memory_gb`` of
+    heap); ``sandbox=False`` runs it with your user's rights, and without bubblewrap
+    grading refuses unless told so.
 
     Example: ``grade(["submissions"], ["notebooks"], "out/gradebook.csv", jobs=2)``
     """
     jobs = check_int("jobs", jobs, minimum=1)
+    if sandbox and not _sandbox.available():
+        raise ValueError(
+            "grading needs bubblewrap (bwrap) with user namespaces to sandbox the students' code "
+            "(apt-get install bubblewrap); --no-sandbox grades anyway: " + _sandbox.NO_SANDBOX_MEANS
+        )
+    if memory_gb <= 0:
+        raise ValueError(f"memory_gb must be > 0; got {memory_gb}")
     if cell_timeout <= 0 or timeout <= 0:
         raise ValueError(f"timeouts must be > 0 seconds; got {cell_timeout}, {timeout}")
     man = json.loads(Path(manifest).read_text()) if manifest else None
@@ -222,7 +235,8 @@ def grade(
             return Row(task.submission, task.path.name if task.path else "?", "error", task.reason)
         return grade_notebook(
             task.source, task.path, submission=task.submission,
-            cell_timeout=cell_timeout, timeout=timeout, env=env,
+            cell_timeout=cell_timeout, timeout=timeout, env=env, sandbox=sandbox,
+            memory_gb=memory_gb,
         )  # fmt: skip
 
     start = time.perf_counter()

@@ -16,7 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +30,6 @@ from typing import Any
 
 from nbformat import NotebookNode
 
-from labkit.grading.execute import code_cell_numbers, run_recovering
-from labkit.grading.guard import MARK, guard_cells
 from labkit.grading.scan import scan_solution, top_level_names
 from labkit.grading.source import (
     NotebookError,
@@ -145,14 +149,13 @@ def _by_grade_id(nb: NotebookNode) -> dict[str, list[dict]]:
 
 def build_graded_notebook(
     source: SourceNotebook, submission: NotebookNode
-) -> tuple[NotebookNode, dict[str, int], dict[str, int], list[str], list[str]]:
-    """The notebook to run: the source with the student's solution cells spliced in.
+) -> tuple[NotebookNode, list[str], list[str]]:
+    """The notebook grading steps through: the source with the student's solution cells spliced in.
 
-    Returns (notebook, graded id -> code-cell number, solution id -> code-cell number, notes for
-    the student, flags from the tamper scan). Solution cells are matched by grade_id, then by cell
-    id; a missing one runs as the released stub. Outputs are cleared; the kernel is python3.
+    Returns (notebook, notes for the student, flags from the tamper scan). Solution cells are
+    matched by grade_id, then by cell id; a missing one runs as the released stub.
 
-    Example: ``nb, graded, solutions, notes, flags = build_graded_notebook(src, read_notebook(p))``
+    Example: ``nb, notes, flags = build_graded_notebook(src, read_notebook(p))``
     """
     nb = clean_copy(source.nb)
     student = _by_grade_id(submission)
@@ -212,37 +215,7 @@ def build_graded_notebook(
     if kernel and kernel != "python3":
         notes.append(f"your notebook asks for kernel {kernel!r}; it was graded with python3")
 
-    nb = _with_guards(nb, source)
-    graded, solutions = _numbers(nb, source)
-    return nb, graded, solutions, notes, flags
-
-
-def _with_guards(nb: NotebookNode, source: SourceNotebook) -> NotebookNode:
-    """Put guard cells around every solution cell (see :mod:`labkit.grading.guard`)."""
-    solutions = {i: gid for gid, i in source.info.solutions.items()}
-    cells = []
-    for i, cell in enumerate(nb.cells):
-        if i in solutions:
-            # names the instructor's own solution cell binds are the student's to bind too
-            before, after = guard_cells(source.protected - source.allowed.get(solutions[i], set()))
-            cells += [before, cell, after]
-        else:
-            cells.append(cell)
-    nb.cells = cells
-    return nb
-
-
-def _numbers(nb: NotebookNode, source: SourceNotebook) -> tuple[dict[str, int], dict[str, int]]:
-    """nbval's code-cell number of each graded and solution cell, found by grade_id."""
-    numbers = code_cell_numbers(nb)
-    graded, solutions = {}, {}
-    for i, cell in enumerate(nb.cells):
-        gid = nbgrader_meta(cell).get("grade_id")
-        if gid in source.info.graded:
-            graded[gid] = numbers[i]
-        elif gid in source.info.solutions:
-            solutions[gid] = numbers[i]
-    return graded, solutions
+    return nb, notes, flags
 
 
 def grade_notebook(
@@ -253,6 +226,8 @@ def grade_notebook(
     cell_timeout: float = 120,
     timeout: float = 600,
     env: dict[str, str] | None = None,
+    sandbox: bool = True,
+    memory_gb: float = 6.0,
 ) -> Row:
     """Grade one submitted notebook; never raises for a bad submission (the row says why).
 
@@ -261,6 +236,14 @@ def grade_notebook(
 
     Example: ``grade_notebook(src, "alice/00_efficiency_basics.ipynb", cell_timeout=60).total``
     """
+    if sandbox:
+        from labkit.grading import sandbox as _sandbox
+
+        if not _sandbox.available():
+            raise ValueError(
+                "sandbox=True needs bubblewrap (bwrap) with user namespaces: "
+                "apt-get install bubblewrap; or sandbox=False: " + _sandbox.NO_SANDBOX_MEANS
+            )
     start = time.perf_counter()
     name = submission or (Path(path).stem if path else "?")
     row = Row(submission=name, notebook=source.name, status="ok", max_points=source.info.max_points)
@@ -279,9 +262,57 @@ def grade_notebook(
             row.status, row.reason = "unreadable", str(err)
             zero("unreadable", row.reason)
         else:
-            _run(row, source, sub, cell_timeout=cell_timeout, timeout=timeout, env=env)
+            _run(row, source, sub, cell_timeout=cell_timeout, timeout=timeout, env=env,
+                 sandbox=sandbox, memory_gb=memory_gb)  # fmt: skip
     row.seconds = time.perf_counter() - start
     return row
+
+
+def _job(nb: NotebookNode, source: SourceNotebook) -> list[dict[str, Any]]:
+    """The code cells in order, each with its role and the text each side runs."""
+    solutions = {i: gid for gid, i in source.info.solutions.items()}
+    graded = {index: gid for gid, (index, _) in source.info.graded.items()}
+    cells = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        entry = {"index": i, "role": "code", "source": source.nb.cells[i].source}
+        if i in solutions:
+            entry.update(role="solution", grade_id=solutions[i], student=cell.source)
+        elif i in graded:
+            entry.update(role="graded", grade_id=graded[i])
+        cells.append(entry)
+    return cells
+
+
+def run_verdict(job: dict[str, Any], *, timeout: float, env: dict[str, str] | None = None) -> dict:
+    """Run ``python -m labkit.grading.verdict`` on a job; its result, or {"error": why}.
+
+    The process (and the student's process it starts) is killed past ``timeout`` + 30 s.
+    """
+    package_root = str(Path(__file__).resolve().parent.parent.parent)
+    full_env = {**os.environ, **(env or {}), "PYTHONPATH": package_root}
+    with tempfile.TemporaryDirectory(prefix="labkit-grade-") as tmp:
+        job = {**job, "workdir": tmp}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labkit.grading.verdict"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=tmp,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            out, err = proc.communicate(json.dumps(job).encode(), timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return {"error": f"the notebook ran past {timeout:g} s", "timeout": True}
+    try:
+        return json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = err.decode(errors="replace").strip().splitlines()
+        return {
+            "error": "grading failed: " + (tail[-1][:300] if tail else f"exit {proc.returncode}")
+        }
 
 
 def _run(
@@ -292,36 +323,32 @@ def _run(
     cell_timeout: float,
     timeout: float,
     env: dict[str, str] | None,
+    sandbox: bool,
+    memory_gb: float,
 ) -> None:
-    nb, graded, solutions, row.notes, row.flags = build_graded_notebook(source, sub)
-    result, skipped = run_recovering(nb, cell_timeout=cell_timeout, timeout=timeout, env=env)
-    labels = {n: f"solution cell {g}" for g, n in solutions.items()}
-    labels.update({n: f"test cell {g}" for g, n in graded.items()})
-    for grade_id, number in solutions.items():
-        outcome = result.outcomes.get(number)
-        if outcome is not None and outcome.status in ("failed", "timeout"):
-            row.notes.append(f"solution cell {grade_id} did not run cleanly: {outcome.message}")
-        guard = result.outcomes.get(number + 1)  # the restore cell right after it
-        if guard is not None and MARK in guard.message:
-            restored = guard.message.split(MARK + ": ", 1)[1]
-            row.flags.append(f"{grade_id}: {restored} (undone before the tests ran)")
-    for number in skipped:
-        row.notes.append(
-            f"{labels.get(number, f'code cell {number}')} stopped the kernel (a loop that ignored "
-            "the interrupt, or an exit): the rest of the notebook was run again without it"
-        )
-    for grade_id, number in graded.items():
-        points = source.info.points(grade_id)
-        outcome = result.outcomes.get(number)
-        status = outcome.status if outcome else "not run"
-        message = outcome.message if outcome else "not run"
+    nb, row.notes, row.flags = build_graded_notebook(source, sub)
+    job = {"cells": _job(nb, source), "cell_timeout": cell_timeout, "deadline": timeout,
+           "sandbox": sandbox, "memory_gb": memory_gb}  # fmt: skip
+    result = run_verdict(job, timeout=timeout, env=env)
+    tests = result.get("tests", {})
+    for grade_id, (_, points) in source.info.graded.items():
+        status, message = tests.get(grade_id, ("not run", result.get("error", "not run")))
         earned = points if status == "passed" else 0
         row.tests[grade_id] = TestResult(grade_id, points, earned, status, message)
-    if result.timed_out:
+    for grade_id, error in result.get("solutions", {}).items():
+        if error:
+            row.notes.append(f"solution cell {grade_id} did not run cleanly: {error}")
+    for why in result.get("restarts", []):
+        row.notes.append(why)
+    for index, error in result.get("cells", {}).items():
+        row.notes.append(f"course cell {index} failed next to your code: {error}")
+    if "error" in result:
+        row.status = "timeout" if result.get("timeout") else "error"
+        row.reason = result["error"]
+    elif any(
+        t.status == "timeout" and "notebook ran past" in t.message for t in row.tests.values()
+    ):
         row.status, row.reason = "timeout", f"the notebook ran past {timeout:g} s"
-    elif all(t.status == "not run" for t in row.tests.values()) and row.tests:
-        row.status = "error"
-        row.reason = next(iter(row.tests.values())).message or "the kernel did not start"
     tampered = [n.split()[2] for n in row.notes if n.startswith("test cell ")]
     if tampered and not row.reason:
         row.reason = "test cells edited or deleted (restored): " + ", ".join(tampered)
