@@ -20,11 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.grading import sandbox as _sandbox
-from labkit.grading.source import nbgrader_meta
-from labkit.grading.submission import Row, SourceNotebook, grade_notebook, load_sources
+from labkit.grading.source import NotebookError, nbgrader_meta, read_notebook, without_surrogates
+from labkit.grading.submission import (
+    Row,
+    SourceNotebook,
+    TestResult,
+    grade_notebook,
+    load_sources,
+)
 from labkit.utils import atomic_write_bytes, check_int, sha256_file
 
 __all__ = ["Task", "find_submissions", "grade", "gradebook_csv", "feedback_markdown"]
+
+LINKED = "submission is a symbolic link: not graded"
 
 
 @dataclass
@@ -54,13 +62,49 @@ def _match(filename: str, sources: list[SourceNotebook]) -> SourceNotebook | Non
 def _match_by_ids(path: Path, sources: list[SourceNotebook]) -> SourceNotebook | None:
     """The course notebook sharing the most grade_ids with the file (None if unreadable or none)."""
     try:
-        cells = json.loads(path.read_text(errors="replace")).get("cells", [])
-        ids = {nbgrader_meta(c).get("grade_id") for c in cells if isinstance(c, dict)}
-    except (ValueError, AttributeError, OSError):
+        cells = read_notebook(path).cells
+    except NotebookError:
         return None
+    ids = {gid for c in cells if isinstance(gid := nbgrader_meta(c).get("grade_id"), str)}
     scored = [(len(ids & set(s.checksums) | ids & set(s.info.solutions)), s) for s in sources]
     best = max(scored, key=lambda x: x[0], default=(0, None))
     return best[1] if best[0] > 0 else None
+
+
+def _notebooks_in(folder: Path) -> list[Path]:
+    """The .ipynb files under a folder, never through a symbolic link (to a file or a folder)."""
+    found = []
+    for root, dirs, files in os.walk(folder):  # does not enter a linked folder
+        dirs[:] = [d for d in dirs if d != ".ipynb_checkpoints"]
+        paths = (Path(root, f) for f in files if f.endswith(".ipynb"))
+        found += [p for p in paths if not p.is_symlink()]
+    return sorted(found)
+
+
+def _folder_tasks(path: Path, sources: list[SourceNotebook]) -> list[Task]:
+    """One task per course notebook for a student's folder (a linked folder is not searched)."""
+    linked = path.is_symlink()
+    files = _notebooks_in(path) if path.is_dir() and not linked else []
+    tasks = []
+    for src in sources:
+        exact = [p for p in files if p.name == src.name]
+        found = exact[:1] or [p for p in files if _match(p.name, [src]) is src][:1]
+        tasks.append(Task(path.name, src, found[0] if found else None, LINKED if linked else ""))
+    return tasks
+
+
+def _file_task(path: Path, sources: list[SourceNotebook]) -> Task:
+    """The task for one submitted file; a link (or a file in a linked folder) is not read."""
+    linked = path.is_symlink() or path.parent.is_symlink()
+    src = _match(path.name, sources)
+    if src is None and len(sources) == 1:
+        src = sources[0]
+    if src is None and path.is_file() and not linked:
+        src = _match_by_ids(path, sources)
+    named_like_source = src is not None and _match(path.name, [src]) is src
+    name = Path(os.path.abspath(path)).parent.name if named_like_source else path.stem
+    reason = "" if src else "cannot tell which course notebook this is"
+    return Task(name, src, path, LINKED if linked else reason)
 
 
 def find_submissions(paths: list[str | os.PathLike], sources: list[SourceNotebook]) -> list[Task]:
@@ -69,6 +113,8 @@ def find_submissions(paths: list[str | os.PathLike], sources: list[SourceNoteboo
     A folder is one student (name = folder name) and is searched for each course notebook (same
     file name, else a renamed copy such as ``00_topic-Copy1.ipynb``); a file is matched by name,
     else by its grade_ids, and named after its stem (or its folder when named like the source).
+    Symbolic links are never followed: one inside a folder is skipped, and a submitted link (or a
+    file in a linked folder) becomes a task whose ``reason`` says so. Names are made printable.
 
     Example: ``find_submissions(["submissions/alice", "bob.ipynb"], sources)``
     """
@@ -76,27 +122,12 @@ def find_submissions(paths: list[str | os.PathLike], sources: list[SourceNoteboo
     for raw in paths:
         path = Path(raw)
         if path.is_dir() or (not path.exists() and path.suffix != ".ipynb"):
-            files = []
-            if path.is_dir():
-                files = [
-                    p for p in sorted(path.rglob("*.ipynb")) if ".ipynb_checkpoints" not in p.parts
-                ]
-            for src in sources:
-                exact = [p for p in files if p.name == src.name]
-                found = exact[:1] or [p for p in files if _match(p.name, [src]) is src][:1]
-                tasks.append(Task(path.name, src, found[0] if found else None))
-            continue
-        src = _match(path.name, sources)
-        if src is None and len(sources) == 1:
-            src = sources[0]
-        if src is None and path.is_file():
-            src = _match_by_ids(path, sources)
-        named_like_source = src is not None and _match(path.name, [src]) is src
-        name = path.resolve().parent.name if named_like_source else path.stem
-        reason = "" if src else "cannot tell which course notebook this is"
-        tasks.append(Task(name, src, path, reason))
+            tasks += _folder_tasks(path, sources)
+        else:
+            tasks.append(_file_task(path, sources))
     seen: dict[tuple[str, str], int] = {}
     for task in tasks:
+        task.submission = without_surrogates(task.submission)
         key = (task.submission, task.source.name if task.source else str(task.path))
         seen[key] = seen.get(key, 0) + 1
         if seen[key] > 1:
@@ -146,13 +177,34 @@ def gradebook_csv(rows: list[Row], sources: list[SourceNotebook]) -> str:
     return buf.getvalue()
 
 
-def feedback_markdown(row: Row) -> str:
-    """The feedback a student gets for one notebook: score, each test, why failed ones failed."""
+def _hidden_code(source: SourceNotebook) -> set[str]:
+    """The lines of the source's hidden tests (in a graded cell, not in the released one)."""
+    hidden: set[str] = set()
+    for index, _ in source.info.graded.values():
+        shown = {line.strip() for line in source.workbook.cells[index].source.splitlines()}
+        hidden |= {line.strip() for line in source.nb.cells[index].source.splitlines()} - shown
+    return {line for line in hidden if len(line) > 3 and "HIDDEN TESTS" not in line}
+
+
+def feedback_markdown(row: Row, *, source: SourceNotebook | None = None) -> str:
+    """The feedback a student gets for one notebook: score, each test, why failed ones failed.
+
+    Only test messages are shown, never test code; with the row's ``source``, a message quoting
+    a line of a hidden test (whole, or cut short in backquotes) is replaced by "a hidden test
+    failed".
+    """
+    hidden = _hidden_code(source) if source else set()
+
+    def shown(message: str) -> str:
+        quoted = [q.rstrip(".") for q in re.findall(r"`([^`]{8,})", message)]
+        leaks = any(line in message or any(q in line for q in quoted) for line in hidden)
+        return "a hidden test failed (its code is not shown)" if leaks else message
+
     lines = [
         f"# {row.notebook}: feedback for {row.submission}",
         "",
         f"Score: **{_fmt(row.total)} / {_fmt(row.max_points)}**"
-        + ("" if row.status == "ok" else f" ({row.status}: {row.reason})"),
+        + ("" if row.status == "ok" else f" ({row.status}: {shown(row.reason)})"),
         "",
         "| test | points | result |",
         "|---|---|---|",
@@ -164,7 +216,7 @@ def feedback_markdown(row: Row) -> str:
     failed = [t for t in row.tests.values() if t.status not in ("passed", row.status)]
     if failed:
         lines += ["", "## Failed tests", ""]
-        lines += [f"- **{t.grade_id}** ({t.status}): {t.message}" for t in failed]
+        lines += [f"- **{t.grade_id}** ({t.status}): {shown(t.message)}" for t in failed]
     if row.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in row.notes]
     if row.flags:
@@ -173,8 +225,54 @@ def feedback_markdown(row: Row) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.\-]+", "_", name).strip("._") or "submission"
+def _safe(name: str, default: str = "submission") -> str:
+    """A file name made of letters, digits, ``.``, ``-`` and ``_`` only (at most 100 of them)."""
+    return re.sub(r"[^\w.\-]+", "_", name).strip("._")[:100] or default
+
+
+def _encoded(text: str) -> bytes:
+    """UTF-8 bytes of text that may hold lone surrogates (from odd file names): U+FFFD for each."""
+    return without_surrogates(text).encode()
+
+
+def _error_row(task: Task, reason: str) -> Row:
+    """A 0-point row with status ``error`` for a task that was not graded, saying why."""
+    src = task.source
+    notebook = src.name if src else task.path.name if task.path else "?"
+    row = Row(task.submission, notebook, "error", reason)
+    if src is not None:
+        row.max_points = src.info.max_points
+        for grade_id, (_, points) in src.info.graded.items():
+            row.tests[grade_id] = TestResult(grade_id, points, 0, "error", reason)
+    return row
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: first line of the message``, at most 200 characters."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}"[:200].rstrip(": ")
+
+
+def _save(row: Row, rows: list[Row], srcs: list[SourceNotebook], out: Path, fb_dir: Path) -> None:
+    """Rewrite the gradebook with every row so far (atomically) and write this row's feedback."""
+    atomic_write_bytes(out, _encoded(gradebook_csv(rows, srcs)))
+    source = next((s for s in srcs if s.name == row.notebook), None)
+    path = fb_dir / _safe(row.submission) / f"{_safe(Path(row.notebook).stem, 'notebook')}.md"
+    try:
+        atomic_write_bytes(path, _encoded(feedback_markdown(row, source=source)))
+    except OSError as err:
+        print(f"warning: no feedback for {row.submission}: {_one_line(err)}", file=sys.stderr)
+
+
+def _progress(k: int, n: int, row: Row) -> None:
+    """One line on stderr per graded notebook."""
+    print(
+        without_surrogates(
+            f"[{k}/{n}] {row.submission} {row.notebook}: "
+            f"{_fmt(row.total)}/{_fmt(row.max_points)} {row.status} ({row.seconds:.1f} s)"
+        ),
+        file=sys.stderr,
+    )
 
 
 def grade(
@@ -196,7 +294,9 @@ def grade(
     ``jobs`` notebooks run at once (each in its own pytest + kernel); ``cell_timeout`` and
     ``timeout`` are seconds per cell and per notebook. Feedback goes to
     ``feedback_dir/<submission>/<notebook stem>.md`` (default: ``feedback/`` next to the CSV).
-    Bad submissions become rows with 0 points and a reason; bad sources raise NotebookError.
+    Bad submissions become rows with 0 points and a reason (one that breaks the grader itself
+    too: status ``error``); bad sources raise NotebookError. The CSV is rewritten (atomically)
+    after each notebook, and its feedback written, so a killed run leaves what it had graded.
     Each student's code runs sandboxed (:mod:`labkit.grading.sandbox`, at most ``memory_gb`` of
     heap); ``sandbox=False`` runs it with your user's rights, and without bubblewrap
     grading refuses unless told so.
@@ -231,36 +331,37 @@ def grade(
     env = {k: os.environ.get(k, threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
     def run(task: Task) -> Row:
-        if task.source is None:
-            return Row(task.submission, task.path.name if task.path else "?", "error", task.reason)
-        return grade_notebook(
-            task.source, task.path, submission=task.submission,
-            cell_timeout=cell_timeout, timeout=timeout, env=env, sandbox=sandbox,
-            memory_gb=memory_gb,
-        )  # fmt: skip
+        try:
+            if task.reason or task.source is None:
+                return _error_row(task, task.reason or "no course notebook")
+            return grade_notebook(
+                task.source, task.path, submission=task.submission,
+                cell_timeout=cell_timeout, timeout=timeout, env=env, sandbox=sandbox,
+                memory_gb=memory_gb,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # noqa: BLE001 - one broken submission must not stop the rest
+            return _error_row(task, f"grading failed: {_one_line(err)}")
 
+    out = Path(output)
+    fb_dir = Path(feedback_dir) if feedback_dir else out.parent / "feedback"
     start = time.perf_counter()
     rows: list[Row] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(run, task) for task in tasks]
-        for k, future in enumerate(as_completed(futures), 1):
-            row = future.result()
-            rows.append(row)
-            if verbose:
-                print(
-                    f"[{k}/{len(tasks)}] {row.submission} {row.notebook}: "
-                    f"{_fmt(row.total)}/{_fmt(row.max_points)} {row.status} ({row.seconds:.1f} s)",
-                    file=sys.stderr,
-                )
+        try:
+            for k, future in enumerate(as_completed(futures), 1):
+                rows.append(future.result())
+                _save(rows[-1], rows, srcs, out, fb_dir)
+                if verbose:
+                    _progress(k, len(tasks), rows[-1])
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # what is not started never will be
+            raise
     wall = time.perf_counter() - start
-    out = Path(output)
-    atomic_write_bytes(out, gradebook_csv(rows, srcs).encode())
-    fb_dir = Path(feedback_dir) if feedback_dir else out.parent / "feedback"
-    for row in rows:
-        stem = Path(row.notebook).stem or "notebook"
-        atomic_write_bytes(
-            fb_dir / _safe(row.submission) / f"{stem}.md", feedback_markdown(row).encode()
-        )
+    if not rows:
+        atomic_write_bytes(out, _encoded(gradebook_csv(rows, srcs)))
     if verbose and rows:
         mean = sum(r.seconds for r in rows) / len(rows)
         print(

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ __all__ = [
     "normalized",
     "clean_copy",
     "STUB",
+    "without_surrogates",
 ]
 
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
@@ -49,6 +51,7 @@ _MARKERS = {
 # nbval markers that would make a graded cell pass without checking anything.
 _UNCHECKED = {"NBVAL_SKIP", "NBVAL_RAISES_EXCEPTION"}
 _UNCHECKED_TAGS = {"nbval-skip", "nbval-raises-exception", "raises-exception"}
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class NotebookError(ValueError):
@@ -77,11 +80,43 @@ class NotebookInfo:
         return self.graded[grade_id][1]
 
 
+def without_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate (which UTF-8 cannot encode) replaced by U+FFFD."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def _scrubbed(data: Any) -> Any:
+    """Parsed JSON with every string made encodable: a ``"\\ud800"`` escape becomes U+FFFD."""
+    if isinstance(data, str):
+        return without_surrogates(data)
+    if isinstance(data, list):
+        return [_scrubbed(item) for item in data]
+    if isinstance(data, dict):
+        return {without_surrogates(k): _scrubbed(v) for k, v in data.items()}
+    return data
+
+
+def _parse(path: Path) -> NotebookNode:
+    """The notebook at ``path``, with what nbformat itself trips on fixed first."""
+    data = _scrubbed(json.loads(path.read_bytes().decode("utf-8-sig")))
+    if isinstance(data, dict):
+        if not isinstance(data.get("metadata", {}), dict):
+            data["metadata"] = {}
+        cells = data["cells"] if isinstance(data.get("cells"), list) else []
+        for i, cell in enumerate(cells):
+            if isinstance(cell, dict) and not isinstance(cell.get("id", ""), str):
+                cell["id"] = f"labkit-bad-id-{i}"  # an unhashable id makes nbformat raise
+    return nbformat.reads(json.dumps(data), as_version=4)
+
+
 def read_notebook(path: str | os.PathLike) -> NotebookNode:
     """Read a notebook (any nbformat 4.x, or 3 converted); a one-line NotebookError if unreadable.
 
     Lenient on schema problems a student's editor may leave (nbformat only logs them), strict on
     what grading needs: a list of cells, each with a type, a source string and a metadata dict.
+    What would trip the grader is dropped: a ``kernelspec`` or notebook ``metadata`` that is not
+    a dict, a ``grade_id`` that is not a string (the cell counts as unlabelled), and lone
+    surrogates in strings (replaced by U+FFFD, so every string encodes as UTF-8).
 
     Example: ``nb = read_notebook("submissions/alice/00_efficiency_basics.ipynb")``
     """
@@ -89,7 +124,7 @@ def read_notebook(path: str | os.PathLike) -> NotebookNode:
     if not path.is_file():
         raise NotebookError(f"{path}: no such notebook")
     try:
-        nb = nbformat.read(path, as_version=4)
+        nb = _parse(path)
     except Exception as err:  # noqa: BLE001 - any parse failure is "not a readable notebook"
         detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
         raise NotebookError(
@@ -98,23 +133,36 @@ def read_notebook(path: str | os.PathLike) -> NotebookNode:
     cells = nb.get("cells")
     if not isinstance(cells, list):
         raise NotebookError(f"{path.name}: not a notebook (no list of cells)")
+    if not isinstance(nb.get("metadata"), dict):
+        nb["metadata"] = NotebookNode()
+    if not isinstance(nb.metadata.get("kernelspec", {}), dict):
+        del nb.metadata["kernelspec"]
     for i, cell in enumerate(cells):
-        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
-            raise NotebookError(f"{path.name}: cell {i} is not a code, markdown or raw cell")
-        source = cell.get("source", "")
-        if isinstance(source, list):
-            source = "".join(str(s) for s in source)
-        if not isinstance(source, str):
-            raise NotebookError(f"{path.name}: cell {i} has no source text")
-        cell["source"] = source
-        if not isinstance(cell.get("metadata"), dict):
-            cell["metadata"] = NotebookNode()
+        _check_cell(cell, i, path.name)
     return nb
+
+
+def _check_cell(cell: Any, i: int, name: str) -> None:
+    """Make cell ``i`` what grading expects (source text, metadata dict) or raise NotebookError."""
+    if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
+        raise NotebookError(f"{name}: cell {i} is not a code, markdown or raw cell")
+    source = cell.get("source", "")
+    if isinstance(source, list):
+        source = "".join(str(s) for s in source)
+    if not isinstance(source, str):
+        raise NotebookError(f"{name}: cell {i} has no source text")
+    cell["source"] = source
+    if not isinstance(cell.get("metadata"), dict):
+        cell["metadata"] = NotebookNode()
+    meta = cell["metadata"].get("nbgrader")
+    if isinstance(meta, dict) and not isinstance(meta.get("grade_id", ""), str):
+        del meta["grade_id"]
 
 
 def nbgrader_meta(cell: dict) -> dict[str, Any]:
     """A cell's ``metadata.nbgrader`` dict, or ``{}``."""
-    meta = cell.get("metadata", {}).get("nbgrader")
+    metadata = cell.get("metadata")
+    meta = metadata.get("nbgrader") if isinstance(metadata, dict) else None
     return meta if isinstance(meta, dict) else {}
 
 
