@@ -94,6 +94,19 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
         )
     )
 
+    from labkit.grading import sandbox
+
+    has_sandbox = sandbox.available()
+    checks.append(
+        (
+            "grading sandbox",
+            True,  # only an instructor running `labkit grade` needs it
+            "bubblewrap ok: labkit grade runs students' code sandboxed"
+            if has_sandbox
+            else "no bubblewrap: needed only to grade a class (apt-get install bubblewrap)",
+        )
+    )
+
     try:
         import torch
 

@@ -12,7 +12,7 @@ import torch
 from labkit.grading import sandbox
 from labkit.grading.remote import Connection, Remote, RemoteTimeout, SubmissionError
 
-CELLS = '''
+CELLS = """
 import time
 import torch
 
@@ -41,7 +41,7 @@ def slow():
         time.sleep(0.01)
 
 answer = {"bytes": 1234, "ratio": 3.5}
-'''
+"""
 
 
 @pytest.fixture()
