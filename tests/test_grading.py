@@ -438,7 +438,8 @@ def _points(row):
 def test_gradebook_columns(gradebook):
     header = list(gradebook["table"][0])
     assert header == [
-        "submission", "notebook", *POINTS, "total", "max", "status", "reason", "seconds", "flags",
+        "submission", "notebook", *POINTS, "total", "max", "late_days", "score", "status",
+        "reason", "seconds", "flags",
     ]  # fmt: skip
 
 

@@ -86,11 +86,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
+    from labkit.grading.export import LatePolicy, read_deadlines, read_submitted
     from labkit.grading.gradebook import grade
 
     try:
+        late = None
+        if args.deadlines:
+            submitted = read_submitted(args.submitted) if args.submitted else {}
+            late = LatePolicy(read_deadlines(args.deadlines), args.late_penalty, submitted)
         grade(
-            args.submissions, args.source, args.output, jobs=args.jobs,
+            args.submissions, args.source, args.output, jobs=args.jobs, late=late,
             cell_timeout=args.cell_timeout, timeout=args.timeout, manifest=args.manifest,
             feedback_dir=args.feedback_dir, verbose=not args.quiet,
             sandbox=not args.no_sandbox, memory_gb=args.memory_gb,
@@ -146,6 +151,18 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--memory-gb", type=_positive, default=6.0, metavar="GB",
         help="memory (heap) limit of each student's process (default 6)",
+    )  # fmt: skip
+    p.add_argument(
+        "--deadlines", type=Path, metavar="JSON",
+        help='late policy: {"NN_topic.ipynb": "2026-12-10T23:59+01:00", ...}',
+    )  # fmt: skip
+    p.add_argument(
+        "--late-penalty", type=float, default=10.0, metavar="PCT",
+        help="percent of the score off per started day late (default 10)",
+    )  # fmt: skip
+    p.add_argument(
+        "--submitted", type=Path, metavar="CSV",
+        help="submission times (submission,notebook,submitted_at); default: file times",
     )  # fmt: skip
     p.add_argument(
         "--no-sandbox", action="store_true",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.grading import sandbox as _sandbox
+from labkit.grading.export import LatePolicy, totals_csv
 from labkit.grading.source import NotebookError, nbgrader_meta, read_notebook, without_surrogates
 from labkit.grading.submission import (
     Row,
@@ -155,7 +156,9 @@ def gradebook_csv(rows: list[Row], sources: list[SourceNotebook]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     head = ["submission", "notebook", *(c[0] for c in columns)]
-    writer.writerow([*head, "total", "max", "status", "reason", "seconds", "flags"])
+    writer.writerow(
+        [*head, "total", "max", "late_days", "score", "status", "reason", "seconds", "flags"]
+    )
     for row in sorted(rows, key=lambda r: (r.submission, r.notebook)):
         cells = []
         for _, notebook, gid in columns:
@@ -168,6 +171,8 @@ def gradebook_csv(rows: list[Row], sources: list[SourceNotebook]) -> str:
                 *cells,
                 _fmt(row.total),
                 _fmt(row.max_points),
+                row.late_days,
+                _fmt(row.score),
                 row.status,
                 row.reason,
                 f"{row.seconds:.1f}",
@@ -288,6 +293,7 @@ def grade(
     verbose: bool = True,
     sandbox: bool = True,
     memory_gb: float = 6.0,
+    late: LatePolicy | None = None,
 ) -> list[Row]:
     """Grade every submission against the course notebooks; write the CSV and feedback files.
 
@@ -299,7 +305,9 @@ def grade(
     after each notebook, and its feedback written, so a killed run leaves what it had graded.
     Each student's code runs sandboxed (:mod:`labkit.grading.sandbox`, at most ``memory_gb`` of
     heap); ``sandbox=False`` runs it with your user's rights, and without bubblewrap
-    grading refuses unless told so.
+    grading refuses unless told so. ``late`` (:class:`~labkit.grading.export.LatePolicy`) takes
+    its penalty off late notebooks' ``score``; per-student totals for an LMS go to
+    ``<output stem>-totals.csv`` next to the gradebook.
 
     Example: ``grade(["submissions"], ["notebooks"], "out/gradebook.csv", jobs=2)``
     """
@@ -334,11 +342,14 @@ def grade(
         try:
             if task.reason or task.source is None:
                 return _error_row(task, task.reason or "no course notebook")
-            return grade_notebook(
+            row = grade_notebook(
                 task.source, task.path, submission=task.submission,
                 cell_timeout=cell_timeout, timeout=timeout, env=env, sandbox=sandbox,
                 memory_gb=memory_gb,
             )  # fmt: skip
+            if late is not None:
+                late.apply(row, task.path)
+            return row
         except KeyboardInterrupt:
             raise
         except BaseException as err:  # noqa: BLE001 - one broken submission must not stop the rest
@@ -362,6 +373,7 @@ def grade(
     wall = time.perf_counter() - start
     if not rows:
         atomic_write_bytes(out, _encoded(gradebook_csv(rows, srcs)))
+    atomic_write_bytes(out.with_name(f"{out.stem}-totals.csv"), _encoded(totals_csv(rows, srcs)))
     if verbose and rows:
         mean = sum(r.seconds for r in rows) / len(rows)
         print(

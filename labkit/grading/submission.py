@@ -98,10 +98,17 @@ class Row:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    late_days: int = 0  # started days after the deadline (labkit.grading.export.LatePolicy)
+    penalty: float = 0.0  # percent of the total taken for lateness
 
     @property
     def total(self) -> float:
         return sum(t.earned for t in self.tests.values())
+
+    @property
+    def score(self) -> float:
+        """The total after the late penalty."""
+        return round(self.total * (1 - self.penalty / 100), 6)
 
 
 def load_sources(
