@@ -96,6 +96,7 @@ def _cmd_grade(args: argparse.Namespace) -> int:
             late = LatePolicy(read_deadlines(args.deadlines), args.late_penalty, submitted)
         grade(
             args.submissions, args.source, args.output, jobs=args.jobs, late=late,
+            scheduler=args.scheduler,
             cell_timeout=args.cell_timeout, timeout=args.timeout, manifest=args.manifest,
             feedback_dir=args.feedback_dir, verbose=not args.quiet,
             sandbox=not args.no_sandbox, memory_gb=args.memory_gb,
@@ -151,6 +152,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--memory-gb", type=_positive, default=6.0, metavar="GB",
         help="memory (heap) limit of each student's process (default 6)",
+    )  # fmt: skip
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="grade on a dask cluster (tcp://host:8786) instead of -j threads here",
     )  # fmt: skip
     p.add_argument(
         "--deadlines", type=Path, metavar="JSON",

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from labkit.grading.submission import (
 )
 from labkit.utils import atomic_write_bytes, check_int, sha256_file
 
-__all__ = ["Task", "find_submissions", "grade", "gradebook_csv", "feedback_markdown"]
+__all__ = ["Task", "find_submissions", "grade", "grade_task", "gradebook_csv", "feedback_markdown"]
 
 LINKED = "submission is a symbolic link: not graded"
 
@@ -258,6 +259,50 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:200].rstrip(": ")
 
 
+def grade_task(task: Task, options: dict, late: LatePolicy | None = None) -> Row:
+    """Grade one task (on this machine or a dask worker); never raises for a bad submission."""
+    try:
+        if task.reason or task.source is None:
+            return _error_row(task, task.reason or "no course notebook")
+        row = grade_notebook(task.source, task.path, submission=task.submission, **options)
+        if late is not None:
+            late.apply(row, task.path)
+        return row
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 - one broken submission must not stop the rest
+        return _error_row(task, f"grading failed: {_one_line(err)}")
+
+
+def _results(tasks: list[Task], options: dict, late: LatePolicy | None, jobs: int,
+             scheduler: str | None) -> Iterator[Row]:  # fmt: skip
+    """Rows as they finish: ``jobs`` threads here, or the workers of a dask cluster."""
+    if scheduler:
+        try:
+            from distributed import Client
+            from distributed import as_completed as finished
+        except ImportError:
+            raise ValueError(
+                "scheduler needs dask's distributed: pip install distributed"
+            ) from None
+        with Client(scheduler, timeout="30s") as client:
+            futures = [
+                client.submit(grade_task, task, options, late, pure=False, key=f"grade-{k}")
+                for k, task in enumerate(tasks)
+            ]  # fmt: skip
+            for future in finished(futures):
+                yield future.result()
+        return
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(grade_task, task, options, late) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # what is not started never will be
+            raise
+
+
 def _save(row: Row, rows: list[Row], srcs: list[SourceNotebook], out: Path, fb_dir: Path) -> None:
     """Rewrite the gradebook with every row so far (atomically) and write this row's feedback."""
     atomic_write_bytes(out, _encoded(gradebook_csv(rows, srcs)))
@@ -294,6 +339,7 @@ def grade(
     sandbox: bool = True,
     memory_gb: float = 6.0,
     late: LatePolicy | None = None,
+    scheduler: str | None = None,
 ) -> list[Row]:
     """Grade every submission against the course notebooks; write the CSV and feedback files.
 
@@ -307,7 +353,9 @@ def grade(
     heap); ``sandbox=False`` runs it with your user's rights, and without bubblewrap
     grading refuses unless told so. ``late`` (:class:`~labkit.grading.export.LatePolicy`) takes
     its penalty off late notebooks' ``score``; per-student totals for an LMS go to
-    ``<output stem>-totals.csv`` next to the gradebook.
+    ``<output stem>-totals.csv`` next to the gradebook. With ``scheduler`` (a dask scheduler's
+    address, ``tcp://host:8786``) the notebooks are graded by that cluster's workers instead of
+    ``jobs`` threads here; the workers need this labkit and the same paths to the files.
 
     Example: ``grade(["submissions"], ["notebooks"], "out/gradebook.csv", jobs=2)``
     """
@@ -338,38 +386,17 @@ def grade(
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env = {k: os.environ.get(k, threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
-    def run(task: Task) -> Row:
-        try:
-            if task.reason or task.source is None:
-                return _error_row(task, task.reason or "no course notebook")
-            row = grade_notebook(
-                task.source, task.path, submission=task.submission,
-                cell_timeout=cell_timeout, timeout=timeout, env=env, sandbox=sandbox,
-                memory_gb=memory_gb,
-            )  # fmt: skip
-            if late is not None:
-                late.apply(row, task.path)
-            return row
-        except KeyboardInterrupt:
-            raise
-        except BaseException as err:  # noqa: BLE001 - one broken submission must not stop the rest
-            return _error_row(task, f"grading failed: {_one_line(err)}")
-
+    options = {"cell_timeout": cell_timeout, "timeout": timeout, "env": env,
+               "sandbox": sandbox, "memory_gb": memory_gb}  # fmt: skip
     out = Path(output)
     fb_dir = Path(feedback_dir) if feedback_dir else out.parent / "feedback"
     start = time.perf_counter()
     rows: list[Row] = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run, task) for task in tasks]
-        try:
-            for k, future in enumerate(as_completed(futures), 1):
-                rows.append(future.result())
-                _save(rows[-1], rows, srcs, out, fb_dir)
-                if verbose:
-                    _progress(k, len(tasks), rows[-1])
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)  # what is not started never will be
-            raise
+    for k, row in enumerate(_results(tasks, options, late, jobs, scheduler), 1):
+        rows.append(row)
+        _save(row, rows, srcs, out, fb_dir)
+        if verbose:
+            _progress(k, len(tasks), row)
     wall = time.perf_counter() - start
     if not rows:
         atomic_write_bytes(out, _encoded(gradebook_csv(rows, srcs)))
