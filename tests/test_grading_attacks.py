@@ -206,6 +206,13 @@ def attacked(tmp_path_factory):
         nb = copy.deepcopy(solved)
         _cell(nb, "ex1-mean-solution").source = code
         subs[name] = nb
+    leak = copy.deepcopy(solved)  # reflects the hidden test's inputs in its error message
+    _cell(leak, "ex2-softmax-solution").source = (
+        "def softmax(x):\n    x = np.asarray(x, dtype=float)\n"
+        "    if x.max() > 100:\n        raise ValueError(f'LEAK {x.tolist()}')\n"
+        "    z = np.exp(x - x.max())\n    return z / z.sum()\n"
+    )
+    subs["exfiltrate"] = leak
     for name, nb in subs.items():
         (tmp / "subs" / name).mkdir(parents=True)
         nbformat.write(nb, str(tmp / "subs" / name / FIXTURE.name))
@@ -249,7 +256,7 @@ def test_the_rest_of_the_class_is_graded_as_if_no_attacker_were_there(attacked):
     table = attacked["table"]
     assert table["solved"]["total"] == "6" and table["solved"]["status"] == "ok"
     assert table["blank"]["total"] == "0"
-    assert set(table) == {"solved", "blank", *ATTACKS, "memory_bomb", "output_flood"}
+    assert set(table) == {"solved", "blank", *ATTACKS, "memory_bomb", "output_flood", "exfiltrate"}
     assert "FORGED-ROW" not in attacked["csv"], "the daemons could not touch the gradebook"
     for name in ("report.json", "result.json", "report.jsonl"):
         assert not (attacked["tmp"] / "out" / name).exists()
@@ -274,6 +281,15 @@ def test_runaway_memory_output_and_exits_cost_at_most_their_own_cell(attacked):
     assert "ended your process" in attacked["feedback"]["exit_process"]
     assert "SystemExit" in attacked["feedback"]["sys_exit"]
     print(f"{len(rows)} submissions in {attacked['wall']:.1f} s with -j 2")
+
+
+@pytest.mark.slow
+def test_hidden_test_inputs_do_not_leak_through_the_students_error_messages(attacked):
+    row = attacked["rows"]["exfiltrate"]
+    assert row.tests["ex2-softmax"].earned == 0 and row.total == 4
+    feedback = attacked["feedback"]["exfiltrate"]
+    assert "ValueError raised by your code in a hidden test (message not shown)" in feedback
+    assert "LEAK" not in feedback and "1000" not in feedback
 
 
 def test_grading_refuses_without_a_sandbox_unless_told(tmp_path, monkeypatch):

@@ -37,6 +37,7 @@ from typing import Any
 
 from labkit.grading import sandbox
 from labkit.grading.remote import Connection, RemoteGone, RemoteTimeout
+from labkit.grading.source import _regions
 from labkit.grading.student import error_text
 
 __all__ = ["main", "run_job", "bound_names"]
@@ -65,6 +66,24 @@ def bound_names(source: str) -> tuple[list[str], list[str]]:
                     if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
                         names.append(sub.id)
     return imports, list(dict.fromkeys(names))
+
+
+def _test_message(err: BaseException, source: str, index: int) -> str:
+    """What feedback says of a failed test: the error, except what the student's code raised
+    inside a hidden test (its message could carry the hidden inputs out): then its type only."""
+    line, tb = None, err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == f"<cell {index}>":
+            line = tb.tb_lineno - 1  # 0-based, as the marker regions
+        tb = tb.tb_next
+    if line is not None and getattr(err, "labkit_from_submission", False):
+        try:
+            hidden = _regions(source, "hidden")
+        except ValueError:
+            hidden = []
+        if any(a < line < b for a, b in hidden):
+            return f"{type(err).__name__} raised by your code in a hidden test (message not shown)"
+    return error_text(err)
 
 
 def _run_here(source: str, ns: dict[str, Any], index: int) -> None:
@@ -194,7 +213,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             if isinstance(err, KeyboardInterrupt):
                 raise
             if role == "graded":
-                tests[c["grade_id"]] = ["failed", error_text(err)]
+                tests[c["grade_id"]] = ["failed", _test_message(err, c["source"], i)]
             else:
                 cells_failed[str(i)] = error_text(err)
     side.conn.close()
