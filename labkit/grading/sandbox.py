@@ -128,7 +128,8 @@ def start(*, sandbox: bool, memory_gb: float = 6.0, cpu_seconds: float = 3600) -
     env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "MPLBACKEND": "Agg", "MPLCONFIGDIR": "/tmp/mpl",
                 "PATH": "/usr/bin:/bin", "LABKIT_DATA": str(Path(data_dir()).resolve()),
                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"})  # fmt: skip
-    argv = [sys.executable, "-I", "-m", "labkit.grading.student"]
+    env["PYTHONPATH"] = str(_package_dir().parent)  # this labkit, also from a source checkout
+    argv = [sys.executable, "-s", "-m", "labkit.grading.student"]
     cwd = None
     if sandbox:
         argv = bwrap_command(argv, env)
