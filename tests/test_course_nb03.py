@@ -306,6 +306,71 @@ def test_check_shrink_conv_pair_passes_a_correct_shrink_and_catches_mistakes():
         nb03_figures.check_shrink_conv_pair(bias_lost, c1, c2, 0.5, x)
 
 
+def _prune_by_hand(model, x, y, sparsities, steps, lr, scope="global", momentum=0.0, remask=True):
+    """A reference built on labkit's masks: prune to each sparsity, SGD with the masks re-applied.
+
+    ``scope="layer"``, ``momentum`` > 0 or ``remask=False`` are mistakes the check must catch."""
+    from labkit import prune
+
+    layers = [m for m in model.modules() if isinstance(m, prune.PRUNABLE)]
+    masks = [torch.ones_like(m.weight) for m in layers]
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    history = []
+    for s in sparsities:
+        weights = [m.weight.detach() for m in layers]
+        if scope == "global":
+            masks = prune.global_masks(weights, s, masks=masks)
+        else:
+            masks = [prune.magnitude_mask(w, s, mask=k) for w, k in zip(weights, masks)]
+        for step in range(steps + 1):
+            if step:
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+            if remask or not step:
+                with torch.no_grad():
+                    for m, k in zip(layers, masks):
+                        m.weight.mul_(k)
+        history.append([k.clone() for k in masks])
+    return history
+
+
+def test_check_iterative_prune_passes_a_correct_loop_and_catches_mistakes():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(48, 5),
+    )
+    x, y = torch.randn(40, 1, 4, 4), torch.randint(0, 5, (40,))
+    before = [p.detach().clone() for p in net.parameters()]
+    nb03_figures.check_iterative_prune(_prune_by_hand, net, x, y, [0.5, 0.8], 3, 0.5)
+    nb03_figures.check_iterative_prune(_prune_by_hand, net, x, y, [0.2, 0.2, 0.9], 0, 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters())), "model untouched"
+
+    def layerwise(*args):
+        return _prune_by_hand(*args, scope="layer")
+
+    def momentum(*args):
+        return _prune_by_hand(*args, momentum=0.9)
+
+    def no_remask(*args):
+        return _prune_by_hand(*args, remask=False)
+
+    def one_stage_short(model, x, y, sparsities, steps, lr):
+        return _prune_by_hand(model, x, y, sparsities, steps, lr)[:-1]
+
+    with pytest.raises(AssertionError, match="differ from torch's global_unstructured"):
+        nb03_figures.check_iterative_prune(layerwise, net, x, y, [0.5, 0.8], 3, 0.5)
+    with pytest.raises(AssertionError, match="differ"):
+        nb03_figures.check_iterative_prune(momentum, net, x, y, [0.5, 0.8], 3, 0.5)
+    with pytest.raises(AssertionError, match="not zero"):
+        nb03_figures.check_iterative_prune(no_remask, net, x, y, [0.5], 3, 0.5)
+    with pytest.raises(AssertionError, match="one list of masks per stage"):
+        nb03_figures.check_iterative_prune(one_stage_short, net, x, y, [0.5, 0.8], 3, 0.5)
+
+
 def test_batch_of_repeats_the_samples_in_order():
     X = torch.arange(12.0).view(3, 2, 2)  # (3, 2, 2)
     out = nb03_figures.batch_of(X, 7)

@@ -20,6 +20,7 @@ from labkit.prune import structured as ps
 from labkit.utils import check_int
 
 __all__ = [
+    "check_iterative_prune",
     "check_shrink_conv_pair",
     "batch_of",
     "pruned_variants",
@@ -30,6 +31,98 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- the notebook's checks
+
+
+def check_iterative_prune(
+    iterative_prune: Callable[..., list[list[Tensor]]],
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    sparsities: Sequence[float],
+    steps_per_stage: int,
+    lr: float,
+) -> None:
+    """Check ``iterative_prune(model, x, y, sparsities, steps_per_stage, lr)`` (exercise 4).
+
+    The reference runs on a twin of ``model``: at stage k
+    ``torch.nn.utils.prune.global_unstructured`` (``L1Unstructured``) removes the
+    ``round(s_k * N) - round(s_(k-1) * N)`` smallest ``|w|`` of the weights still unpruned (N: the
+    weights of all Linear / Conv layers), then takes ``steps_per_stage`` full-batch SGD steps on
+    the cross-entropy of ``(x, y)``. The returned masks (one list per stage, one 0/1 tensor per
+    layer in model order) must have exactly ``round(s_k * N)`` zeros, be nested, equal the
+    reference's masks, and leave the model's pruned weights exactly zero and its weights and
+    biases close to the reference's. ``model`` is left untouched. Raises AssertionError naming
+    what differs.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3))
+        >>> def keep_all(model, x, y, sparsities, steps, lr):  # right only at sparsity 0
+        ...     return [[torch.ones_like(model[0].weight)] for _ in sparsities]
+        >>> x, y = torch.randn(5, 4), torch.zeros(5, dtype=torch.long)
+        >>> check_iterative_prune(keep_all, net, x, y, [0.0], 0, 0.1)
+    """
+    student, ref = copy.deepcopy(model), copy.deepcopy(model)
+    masks = iterative_prune(student, x, y, list(sparsities), steps_per_stage, lr)
+    layers = [m for m in ref.modules() if isinstance(m, prune.PRUNABLE)]
+    mine = [m for m in student.modules() if isinstance(m, prune.PRUNABLE)]
+    total = sum(m.weight.numel() for m in layers)
+    if len(masks) != len(sparsities):
+        raise AssertionError(f"one list of masks per stage: {len(sparsities)} expected")
+    previous, done = None, 0
+    for k, (s, stage) in enumerate(zip(sparsities, masks)):
+        if len(stage) != len(layers):
+            raise AssertionError(f"stage {k}: one mask per Linear/Conv layer ({len(layers)})")
+        stage = [m.detach().float() for m in stage]
+        if any(m.shape != layer.weight.shape for m, layer in zip(stage, layers)):
+            raise AssertionError(f"stage {k}: each mask has its layer's weight shape")
+        target = round(s * total)
+        zeros = sum(int((m == 0).sum()) for m in stage)
+        if zeros != target:
+            raise AssertionError(f"stage {k}: {zeros} weights pruned, {target} expected")
+        if previous is not None and any(bool((m > p).any()) for m, p in zip(stage, previous)):
+            raise AssertionError(f"stage {k}: a weight pruned at an earlier stage came back")
+        params = [(layer, "weight") for layer in layers]
+        scores = {p: _effective_weight(p[0]) for p in params}  # the weights as they are now
+        torch_prune.global_unstructured(
+            params,
+            pruning_method=torch_prune.L1Unstructured,
+            importance_scores=scores,
+            amount=target - done,
+        )
+        differ = sum(int((m != layer.weight_mask).sum()) for m, layer in zip(stage, layers))
+        if differ:
+            raise AssertionError(
+                f"stage {k}: {differ} mask entries differ from torch's global_unstructured on the "
+                "same weights: not the smallest magnitudes"
+            )
+        opt = torch.optim.SGD(ref.parameters(), lr=lr)
+        for _ in range(steps_per_stage):
+            opt.zero_grad()
+            nn.functional.cross_entropy(ref(x), y).backward()
+            opt.step()
+        previous, done = stage, target
+    if previous is not None:
+        for k, (m, layer) in enumerate(zip(previous, mine)):
+            if bool((layer.weight.detach()[m == 0] != 0).any()):
+                raise AssertionError(f"layer {k}: a pruned weight of the model is not zero")
+    for k, (m, layer) in enumerate(zip(mine, layers)):
+        if not torch.allclose(m.weight.detach(), _effective_weight(layer), atol=1e-4):
+            raise AssertionError(
+                f"layer {k}: weights differ from the reference's (SGD on the cross-entropy, "
+                "masks re-applied after every step)"
+            )
+        if layer.bias is not None and not torch.allclose(m.bias.detach(), layer.bias, atol=1e-4):
+            raise AssertionError(f"layer {k}: biases differ from the reference's")
+
+
+def _effective_weight(layer: nn.Module) -> Tensor:
+    """``weight_orig * weight_mask`` of a pruned layer, else ``weight``.
+
+    A pruned layer's ``weight`` is recomputed by its next forward, so it is stale after a step.
+    """
+    if hasattr(layer, "weight_mask"):
+        return (layer.weight_orig * layer.weight_mask).detach()
+    return layer.weight.detach()
 
 
 def check_shrink_conv_pair(
