@@ -1,7 +1,8 @@
 """Notebook 05 (low-bit quantization): its exercise checks, the size figure and the summary.
 
 The checks compare a student's group-wise qparams with torch.ao's per-channel observer and a
-student's GPTQ column loop with :func:`labkit.quant.lowbit.gptq`; the figure and the summary
+student's GPTQ column loop with :func:`labkit.quant.lowbit.gptq` and a student's BitLinear with
+:class:`labkit.quant.lowbit.BitLinear`; the figure and the summary
 read the cached sweeps of :mod:`labkit.course.nb05_lowbit`.
 """
 
@@ -22,6 +23,7 @@ __all__ = [
     "reference_group_qparams",
     "check_group_qparams",
     "check_gptq_columns",
+    "check_bitlinear",
     "sweep_plot",
     "size_ratio",
     "summary",
@@ -128,6 +130,47 @@ def check_gptq_columns(
             f"output error {mine:.4g} is larger than round-to-nearest's {rtn_err:.4g}"
         )
     return mine, rtn_err
+
+
+def check_bitlinear(
+    fn: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> None:
+    """Check ``fn(x, weight, bias)``, a BitNet b1.58 Linear, in forward and gradient.
+
+    The reference: labkit's :class:`~labkit.quant.lowbit.BitLinear` (absmean ternary weights, STE)
+    applied to ``x`` fake-quantized per row to int8 by ``torch.fake_quantize_per_channel_affine``
+    (scale ``max|x_row| / 127``, zero point 0, whose gradient is the STE's). Output and the
+    gradients of ``x``, ``weight`` and ``bias`` for a fixed upstream gradient must agree. Raises
+    AssertionError naming what is wrong.
+    Example: ``check_bitlinear(my_bitlinear, x, layer.weight, layer.bias)``
+    """
+    xs = [x.detach().clone().requires_grad_() for _ in range(2)]
+    ws = [weight.detach().clone().requires_grad_() for _ in range(2)]
+    bs = [bias.detach().clone().requires_grad_() for _ in range(2)]
+    out = fn(xs[0], ws[0], bs[0])
+    n, out_f = x.shape[0], weight.shape[0]
+    if not (isinstance(out, torch.Tensor) and out.shape == (n, out_f)):
+        raise AssertionError(f"return the layer's output, shape ({n}, {out_f})")
+    scale = xs[1].detach().abs().amax(dim=1).clamp(min=1e-5) / 127  # (N,)
+    zero = torch.zeros(n, dtype=torch.int32)
+    x_q = torch.fake_quantize_per_channel_affine(xs[1], scale, zero, 0, -128, 127)
+    layer = lowbit.BitLinear(weight.shape[1], out_f)
+    layer.weight, layer.bias = torch.nn.Parameter(ws[1]), torch.nn.Parameter(bs[1])
+    ref = layer(x_q)
+    if not torch.allclose(out.detach(), ref.detach(), rtol=1e-4, atol=1e-5):
+        raise AssertionError("output differs from labkit's BitLinear on int8 absmax activations")
+    grad = torch.randn(n, out_f, generator=torch.Generator().manual_seed(0))
+    if not out.requires_grad:
+        raise AssertionError("the output carries no gradient: use the straight-through estimator")
+    out.backward(grad)
+    ref.backward(grad)
+    for name, mine, theirs in (
+        ("x", xs[0].grad, xs[1].grad),
+        ("weight", ws[0].grad, layer.weight.grad),
+        ("bias", bs[0].grad, layer.bias.grad),
+    ):
+        if mine is None or not torch.allclose(mine, theirs, rtol=1e-4, atol=1e-5):
+            raise AssertionError(f"gradient for {name} is not the straight-through estimator's")
 
 
 def sweep_plot(
