@@ -6,7 +6,8 @@ spread ranges: :func:`spread_channel_ranges`, :func:`spread_table`), the calibra
 section 4 (:func:`layer_inputs`, :func:`calibration_ranges`, :func:`plot_calibration`), and the
 figures of the cached sweeps of
 :mod:`labkit.course.nb04_quantization`: PTQ accuracy against bytes (:func:`plot_ptq`) and QAT
-against the best and worst PTQ (:func:`plot_qat`). Each plot returns its Figure or Axes and never
+against the best and worst PTQ (:func:`plot_qat`); the check of the LSQ exercise of section 7
+(:func:`check_lsq_fake_quant`, :func:`fit_scale`). Each plot returns its Figure or Axes and never
 calls ``plt.show()``.
 
 Example:
@@ -44,6 +45,9 @@ __all__ = [
     "plot_calibration",
     "plot_ptq",
     "plot_qat",
+    "reference_lsq",
+    "check_lsq_fake_quant",
+    "fit_scale",
 ]
 
 
@@ -289,3 +293,77 @@ def plot_qat(records: Sequence[Mapping], fp32_acc: float, title: str | None = No
     if title is not None:
         ax.set_title(title)
     return ax
+
+
+# --------------------------------------------------------------------------- the LSQ exercise
+
+
+def reference_lsq(x: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:
+    """PyTorch's LSQ fake-quant with zero point 0 and ``grad_factor=1.0`` (the exercise's oracle).
+
+    Example: ``reference_lsq(x, torch.tensor([0.1], requires_grad=True), -8, 7).sum().backward()``
+    """
+    zero = torch.zeros(1)
+    return torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero, qmin, qmax, 1.0)
+
+
+def check_lsq_fake_quant(
+    fn: Any, x: Tensor, grad: Tensor, scale: float, qmin: int, qmax: int, exact: bool = True
+) -> None:
+    """Check ``fn(x, scale, qmin, qmax)`` against :func:`reference_lsq`: output and both gradients.
+
+    Both are run on copies of ``x`` and a one-element ``scale`` that require grad, then
+    ``backward(grad)``. ``exact``: the scale is a power of two, so ``x / scale`` is exact and every
+    entry must round as PyTorch's; otherwise at most 0.1 % of the entries (those within float
+    rounding of a tie) may land one step away. Raises AssertionError naming what is wrong.
+    Example: ``check_lsq_fake_quant(lsq_fake_quant, x, g, 0.125, -8, 7)``
+    """
+    a, b = (x.detach().clone().requires_grad_() for _ in range(2))
+    s_a, s_b = (torch.tensor([float(scale)], requires_grad=True) for _ in range(2))
+    out = fn(a, s_a, qmin, qmax)
+    if not (isinstance(out, Tensor) and out.shape == x.shape):
+        raise AssertionError(f"return a tensor of x's shape {tuple(x.shape)}")
+    if not out.requires_grad:
+        raise AssertionError("the output carries no gradient: build it from x and scale")
+    out.backward(grad)
+    ref = reference_lsq(b, s_b, qmin, qmax)
+    ref.backward(grad)
+    off = (out.detach() - ref.detach()).abs() > 1e-3 * scale  # (n,) entries rounded otherwise
+    allowed = 0 if exact else max(1, x.numel() // 1000)
+    if int(off.sum()) > allowed or (out.detach() - ref.detach()).abs().max() > 1.001 * scale:
+        raise AssertionError(
+            f"scale={scale}, grid [{qmin}, {qmax}]: output differs from PyTorch's LSQ at "
+            f"{int(off.sum())} entries"
+        )
+    if a.grad is None or not torch.allclose(a.grad[~off], b.grad[~off], rtol=1e-5, atol=1e-6):
+        raise AssertionError(f"scale={scale}: gradient for x is not the STE's (0 where clipped)")
+    if s_a.grad is None:
+        raise AssertionError("no gradient reached the scale")
+    tol = 1e-4 * float(grad.abs().sum()) * max(-qmin, qmax) + 1.01 * float(grad[off].abs().sum())
+    if abs(float(s_a.grad.sum()) - float(s_b.grad.sum())) > tol:
+        raise AssertionError(
+            f"scale={scale}, grid [{qmin}, {qmax}]: gradient for the scale "
+            f"{float(s_a.grad.sum()):.5g}, PyTorch's LSQ {float(s_b.grad.sum()):.5g}"
+        )
+
+
+def fit_scale(
+    fn: Any, x: Tensor, scale: float, qmin: int, qmax: int, steps: int = 25, lr: float = 0.05
+) -> tuple[list[float], float]:
+    """Train a one-element scale with Adam to lower the MSE of ``fn(x, scale, qmin, qmax)``.
+
+    Returns (the MSE before each step and after the last, the final scale).
+    Example: ``mse, s = fit_scale(reference_lsq, torch.randn(1000), 1.0, -8, 7)``
+    """
+    s = torch.tensor([float(scale)], requires_grad=True)
+    opt = torch.optim.Adam([s], lr=lr)
+    history = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((fn(x, s, qmin, qmax) - x) ** 2).mean()
+        loss.backward()
+        opt.step()
+        history.append(float(loss))
+    with torch.no_grad():
+        history.append(float(((reference_lsq(x, s, qmin, qmax) - x) ** 2).mean()))
+    return history, float(s.detach().sum())

@@ -1,7 +1,9 @@
-"""Notebook 05 (low-bit quantization): its exercise check, the size figure and the summary.
+"""Notebook 05 (low-bit quantization): its exercise checks, the size figure and the summary.
 
-The check compares a student's group-wise qparams with torch.ao's per-channel observer; the
-figure and the summary read the cached sweeps of :mod:`labkit.course.nb05_lowbit`.
+The checks compare a student's group-wise qparams with torch.ao's per-channel observer and a
+student's GPTQ column loop with :func:`labkit.quant.lowbit.gptq` and a student's BitLinear with
+:class:`labkit.quant.lowbit.BitLinear`; the figure and the summary
+read the cached sweeps of :mod:`labkit.course.nb05_lowbit`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from labkit.course.nb05_lowbit import COURSE
 from labkit.quant import lowbit
 from labkit.utils import check_int
 
-__all__ = ["reference_group_qparams", "check_group_qparams", "sweep_plot", "size_ratio", "summary"]
+__all__ = [
+    "reference_group_qparams",
+    "check_group_qparams",
+    "check_gptq_columns",
+    "check_bitlinear",
+    "sweep_plot",
+    "size_ratio",
+    "summary",
+]
 
 
 # --------------------------------------------------------------------------- the notebook's helpers
@@ -74,6 +84,93 @@ def check_group_qparams(
     assert scale.shape == (w.shape[0], w.shape[1] // group_size), "one scale per group"
     assert torch.allclose(scale.float(), ref_scale, rtol=1e-5), "scales differ from PyTorch's"
     assert torch.equal(zp.long(), ref_zp.long()), "zero points differ from PyTorch's"
+
+
+def check_gptq_columns(
+    fn: Callable[..., torch.Tensor], w: torch.Tensor, H: torch.Tensor, bits: int
+):
+    """Check ``fn(W, U, scale, zero_point, bits)``, a GPTQ column loop, against :func:`lowbit.gptq`.
+
+    The grid is fixed per row: ``scale`` and ``zero_point`` (out,) are round-to-nearest's affine
+    min-max qparams of each whole row (``lowbit.rtn(w, bits, in_features)``), ``U`` is
+    :func:`lowbit.gptq_factor` of ``H``. The reference is ``lowbit.gptq`` with one group per row
+    (its lazy batch updates add the same terms in another order, so at most 1 % of the entries,
+    those near a rounding tie, may land elsewhere). Also checked: every entry is on its row's grid,
+    and the output error ``trace(D H D^T)``, ``D = w - Q``, is not larger than RTN's. Raises
+    AssertionError naming what is wrong. Returns (the output error of ``fn``'s Q, RTN's).
+    Example: ``check_gptq_columns(my_gptq, W[:32], H, 3)``
+    """
+    w = w.detach().float()
+    in_f = w.shape[1]
+    rtn = lowbit.rtn(w, bits, in_f)
+    scale, zp = rtn.scale[:, 0], rtn.zero_point[:, 0]  # (out,)
+    Q = fn(w, lowbit.gptq_factor(H), scale, zp, bits)
+    if not (isinstance(Q, torch.Tensor) and Q.shape == w.shape):
+        raise AssertionError(f"return the quantized weight, shape {tuple(w.shape)}")
+    Q = Q.detach().float()
+    codes = Q / scale[:, None] + zp[:, None]  # (out, in) must be integers in the grid
+    if not (torch.allclose(codes, codes.round(), atol=1e-3) and codes.min() > -1e-3):
+        raise AssertionError("every entry of Q must be (q - zero_point) * scale of its row")
+    if codes.max() > 2**bits - 1 + 1e-3:
+        raise AssertionError(f"codes must stay in [0, {2**bits - 1}]")
+    ref = lowbit.gptq(w, H, bits, in_f).dequantize()
+    off = (Q - ref).abs() > 1e-4 * scale[:, None]  # (out, in)
+    if off.float().mean() > 0.01:
+        raise AssertionError(
+            f"{int(off.sum())} of {off.numel()} entries differ from lowbit.gptq's "
+            f"(first column that differs: {int(off.any(dim=0).nonzero()[0])})"
+        )
+
+    def out_error(D: torch.Tensor) -> float:  # ||X D^T||^2 / N = trace(D H D^T)
+        return float((D.double() @ H.double() * D.double()).sum())
+
+    mine, rtn_err = out_error(w - Q), out_error(w - rtn.dequantize())
+    if mine > rtn_err * (1 + 1e-4) + 1e-12:
+        raise AssertionError(
+            f"output error {mine:.4g} is larger than round-to-nearest's {rtn_err:.4g}"
+        )
+    return mine, rtn_err
+
+
+def check_bitlinear(
+    fn: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> None:
+    """Check ``fn(x, weight, bias)``, a BitNet b1.58 Linear, in forward and gradient.
+
+    The reference: labkit's :class:`~labkit.quant.lowbit.BitLinear` (absmean ternary weights, STE)
+    applied to ``x`` fake-quantized per row to int8 by ``torch.fake_quantize_per_channel_affine``
+    (scale ``max|x_row| / 127``, zero point 0, whose gradient is the STE's). Output and the
+    gradients of ``x``, ``weight`` and ``bias`` for a fixed upstream gradient must agree. Raises
+    AssertionError naming what is wrong.
+    Example: ``check_bitlinear(my_bitlinear, x, layer.weight, layer.bias)``
+    """
+    xs = [x.detach().clone().requires_grad_() for _ in range(2)]
+    ws = [weight.detach().clone().requires_grad_() for _ in range(2)]
+    bs = [bias.detach().clone().requires_grad_() for _ in range(2)]
+    out = fn(xs[0], ws[0], bs[0])
+    n, out_f = x.shape[0], weight.shape[0]
+    if not (isinstance(out, torch.Tensor) and out.shape == (n, out_f)):
+        raise AssertionError(f"return the layer's output, shape ({n}, {out_f})")
+    scale = xs[1].detach().abs().amax(dim=1).clamp(min=1e-5) / 127  # (N,)
+    zero = torch.zeros(n, dtype=torch.int32)
+    x_q = torch.fake_quantize_per_channel_affine(xs[1], scale, zero, 0, -128, 127)
+    layer = lowbit.BitLinear(weight.shape[1], out_f)
+    layer.weight, layer.bias = torch.nn.Parameter(ws[1]), torch.nn.Parameter(bs[1])
+    ref = layer(x_q)
+    if not torch.allclose(out.detach(), ref.detach(), rtol=1e-4, atol=1e-5):
+        raise AssertionError("output differs from labkit's BitLinear on int8 absmax activations")
+    grad = torch.randn(n, out_f, generator=torch.Generator().manual_seed(0))
+    if not out.requires_grad:
+        raise AssertionError("the output carries no gradient: use the straight-through estimator")
+    out.backward(grad)
+    ref.backward(grad)
+    for name, mine, theirs in (
+        ("x", xs[0].grad, xs[1].grad),
+        ("weight", ws[0].grad, layer.weight.grad),
+        ("bias", bs[0].grad, layer.bias.grad),
+    ):
+        if mine is None or not torch.allclose(mine, theirs, rtol=1e-4, atol=1e-5):
+            raise AssertionError(f"gradient for {name} is not the straight-through estimator's")
 
 
 def sweep_plot(

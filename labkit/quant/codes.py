@@ -19,6 +19,7 @@ __all__ = [
     "hessian",
     "rtn",
     "gptq",
+    "gptq_factor",
     "group_qparams",
     "fake_quantize_groups",
     "kmeans_codebook",
@@ -73,6 +74,20 @@ def rtn(w: Tensor, bits: int, group_size: int, symmetric: bool = False) -> Group
     return GroupQuant(codes, scale, zp, bits, group_size, symmetric)
 
 
+def gptq_factor(H: Tensor, damp: float = 0.01) -> Tensor:
+    """GPTQ's ``U``: the upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``, float32.
+
+    Inputs that were always 0 (``H[j, j] == 0``) get ``H[j, j] = 1`` first, so the factor exists.
+    Example: ``U = gptq_factor(hessian(X))  # (in, in), U[j, j] > 0``
+    """
+    H = H.detach().double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    H += damp * torch.diag(H).mean() * torch.eye(len(H), dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    return U.float()
+
+
 def gptq(
     w: Tensor,
     H: Tensor,
@@ -99,12 +114,8 @@ def gptq(
     H = H.detach().double().clone()
     if H.shape != (in_f, in_f):
         raise ValueError(f"H must have shape ({in_f}, {in_f}); got {tuple(H.shape)}")
-    dead = torch.diag(H) == 0  # inputs that were always 0: their weights cannot matter
-    H[dead, dead] = 1.0
-    W[dead] = 0.0
-    H += damp * torch.diag(H).mean() * torch.eye(in_f, dtype=H.dtype)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    U = U.float()  # (in, in) upper triangular
+    W[torch.diag(H) == 0] = 0.0  # inputs that were always 0: their weights cannot matter
+    U = gptq_factor(H, damp)  # (in, in) upper triangular
     groups = math.ceil(in_f / group_size)
     scale = torch.empty(out_f, groups)
     zp = torch.empty(out_f, groups, dtype=torch.int64)
