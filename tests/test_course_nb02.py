@@ -272,6 +272,67 @@ def test_check_init_from_teacher_passes_the_technique_and_catches_mistakes():
         nb02_figures.check_init_from_teacher(in_place, _gpt(n_layer=4), idx, layers=[0, 2])
 
 
+def _kd_step(student, teacher, optimizer, x, y, T, alpha, *, detach=True, zero=True, t2=True):
+    """One distillation step; the keywords switch off one part each (the mistakes to catch)."""
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    loss = distill.kd_loss(student(x), teacher_logits, y, temperature=T, alpha=alpha)
+    if not t2:
+        loss = loss / (T * T)
+    if zero:
+        optimizer.zero_grad()
+    (loss if detach else loss + 0 * teacher(x).sum()).backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _kd_setup(seed=0):
+    torch.manual_seed(seed)
+    student = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 4))
+    teacher = torch.nn.Sequential(torch.nn.Linear(6, 20), torch.nn.Tanh(), torch.nn.Linear(20, 4))
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 4, (16,), generator=g)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    return student, teacher, optimizer, x, y
+
+
+def test_check_kd_train_step_passes_the_technique_and_catches_mistakes():
+    nb02_figures.check_kd_train_step(_kd_step, *_kd_setup(), 4.0, 0.9)
+    student, teacher, _, x, y = _kd_setup()
+    adam = torch.optim.Adam(student.parameters(), lr=0.01)
+    nb02_figures.check_kd_train_step(_kd_step, student, teacher, adam, x, y, 2.0, 1.0)
+
+    def as_tensor(*args):
+        _kd_step(*args)
+        return torch.tensor(0.0)
+
+    def teacher_too(student, teacher, optimizer, x, y, T, alpha):  # no torch.no_grad, both step
+        log_p_s, log_p_t = (torch.log_softmax(m(x) / T, -1) for m in (student, teacher))
+        kl = torch.nn.functional.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        loss = alpha * T * T * kl + (1 - alpha) * torch.nn.functional.cross_entropy(student(x), y)
+        optimizer.zero_grad()
+        teacher.zero_grad()
+        loss.backward()
+        optimizer.step()
+        torch.optim.SGD(teacher.parameters(), lr=0.1).step()
+        return loss.item()
+
+    def new_optimizer(student, teacher, optimizer, x, y, T, alpha):  # loses the momentum
+        fresh = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+        return _kd_step(student, teacher, fresh, x, y, T, alpha)
+
+    mistakes = [
+        (as_tensor, "Python float"),
+        (lambda *a: _kd_step(*a, t2=False), "step 1: loss"),
+        (lambda *a: _kd_step(*a, zero=False), "step 2: student parameter"),
+        (teacher_too, "teacher changed"),
+        (new_optimizer, "step 2: student parameter"),
+    ]
+    for wrong, match in mistakes:
+        with pytest.raises(AssertionError, match=match):
+            nb02_figures.check_kd_train_step(wrong, *_kd_setup(), 4.0, 0.9)
+
+
 # --------------------------------------------------------------------------- the notebook's figures
 
 

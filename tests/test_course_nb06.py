@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from labkit import dynamic
 from labkit.course import nb06_dynamic
@@ -90,3 +92,67 @@ def test_plot_moe_draws_each_top_k_over_the_expert_counts_and_the_wide_layer():
     assert list(top2.get_xdata()) == [16]
     assert "4 experts' parameters" in wide.get_label()
     plt.close(ax.figure)
+
+
+def _switch_step(router, experts, x, target, optimizer, *, gate="prob"):
+    """A top-1 Switch step through dynamic.MoE's own forward, or with a wrong gate."""
+    if gate == "prob":
+        layer = dynamic.MoE(x.shape[1], 4, len(experts), top_k=1)
+        layer.router, layer.experts = router, experts
+        out = layer(x)
+    else:
+        probs = router(x).softmax(-1)
+        gates, chosen = probs.max(-1)
+        gates = {"one": torch.ones_like(gates), "detached": gates.detach()}[gate]
+        out = torch.stack([experts[int(e)](x[i]) for i, e in enumerate(chosen)]) * gates[:, None]
+    loss = F.mse_loss(out, target)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _switch_setup(seed=0):
+    torch.manual_seed(seed)
+    layer = dynamic.MoE(dim=6, hidden=4, n_experts=3, top_k=1)
+    g = torch.Generator().manual_seed(seed)
+    x, target = torch.randn(20, 6, generator=g), torch.randn(20, 6, generator=g)
+    return layer, x, target, torch.optim.SGD(layer.parameters(), lr=0.2, momentum=0.9)
+
+
+def test_check_switch_step_passes_the_switch_layer_and_catches_a_gate_without_gradient():
+    nb06_dynamic.check_switch_step(_switch_step, *_switch_setup())
+    for gate in ("one", "detached"):
+        with pytest.raises(AssertionError, match="router did not learn"):
+            nb06_dynamic.check_switch_step(
+                lambda *a, gate=gate: _switch_step(*a, gate=gate), *_switch_setup()
+            )
+
+    def soft_mixture(router, experts, x, target, optimizer):  # every expert, not the top-1
+        probs = router(x).softmax(-1)
+        out = sum(probs[:, e, None] * expert(x) for e, expert in enumerate(experts))
+        loss = F.mse_loss(out, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    with pytest.raises(AssertionError, match="step 1: loss"):
+        nb06_dynamic.check_switch_step(soft_mixture, *_switch_setup())
+
+
+def test_clustered_experts_reward_the_right_expert_and_a_learning_router_finds_it():
+    x, cluster, target, experts = nb06_dynamic.clustered_experts(torch.Generator().manual_seed(1))
+    assert x.shape == target.shape == (256, 8) and not any(
+        p.requires_grad for p in experts.parameters()
+    )
+    errors = torch.stack([((e(x) - target) ** 2).sum(-1) for e in experts], 1)  # (n, E)
+    assert torch.equal(errors.argmin(-1), cluster)  # each input's own expert is exact
+    router = torch.nn.Linear(8, 4, bias=False)
+    router.weight.data = torch.randn(4, 8, generator=torch.Generator().manual_seed(2)) * 0.1
+    at_init = (router(x).argmax(-1) == cluster).double().mean().item()  # where no gradient stays
+    adam = torch.optim.Adam(router.parameters(), lr=0.05)
+    for _ in range(50):
+        _switch_step(router, experts, x, target, adam)
+    learnt = (router(x).argmax(-1) == cluster).double().mean().item()
+    assert learnt > 0.6 and learnt > at_init + 0.2, (at_init, learnt)

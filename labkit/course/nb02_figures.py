@@ -7,6 +7,8 @@ every sentence the notebook prints rests on this run's numbers.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,10 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labkit import sweep
+from labkit.distill import kd_loss as _kd_loss
 from labkit.utils import check_int
 
 __all__ = [
     "check_kd_loss",
+    "check_kd_train_step",
     "forward_blocks",
     "check_init_from_teacher",
     "seed_diffs",
@@ -66,6 +70,63 @@ def check_kd_loss(kd_loss: Callable[..., Tensor], s: Tensor, t: Tensor, y: Tenso
     (grad,) = torch.autograd.grad(kd_loss(s_req, t, y, 4.0, 1.0), s_req)  # (B, C)
     expected = 4.0 * (torch.softmax(s / 4.0, -1) - torch.softmax(t / 4.0, -1)) / len(s)
     _require(torch.allclose(grad, expected, atol=1e-6), "gradient must be T * (p_s - p_t) / B")
+
+
+def check_kd_train_step(
+    kd_train_step: Callable[..., float],
+    student: nn.Module,
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    temperature: float,
+    alpha: float,
+    num_steps: int = 3,
+) -> None:
+    """Check ``kd_train_step(student, teacher, optimizer, x, y, T, alpha)`` against a twin.
+
+    A deep copy of ``student`` and its fresh ``optimizer`` takes the same ``num_steps`` steps on
+    ``labkit.distill.kd_loss`` (the teacher's logits under ``torch.no_grad``). After every step
+    the returned loss (a Python float) must be the twin's loss before its step, and the student's
+    parameters the twin's; the teacher must not change. Raises AssertionError naming what differs.
+
+    Example:
+        >>> from labkit import distill
+        >>> student, teacher = nn.Linear(4, 3), nn.Linear(4, 3)
+        >>> def step(student, teacher, optimizer, x, y, T, alpha):
+        ...     with torch.no_grad():
+        ...         t = teacher(x)
+        ...     loss = distill.kd_loss(student(x), t, y, temperature=T, alpha=alpha)
+        ...     optimizer.zero_grad()
+        ...     loss.backward()
+        ...     optimizer.step()
+        ...     return loss.item()
+        >>> opt = torch.optim.SGD(student.parameters(), lr=0.1)
+        >>> check_kd_train_step(step, student, teacher, opt, torch.randn(8, 4),
+        ...                     torch.randint(0, 3, (8,)), 2.0, 0.5)
+    """
+    twin, twin_optimizer = copy.deepcopy((student, optimizer))  # shares params with its optimizer
+    frozen = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+    for step in range(1, num_steps + 1):
+        loss = kd_train_step(student, teacher, optimizer, x, y, temperature, alpha)
+        _require(isinstance(loss, float), f"return the loss as a Python float, not {type(loss)}")
+        for k, v in teacher.state_dict().items():
+            _require(torch.equal(v, frozen[k]), f"step {step}: the teacher changed ({k})")
+        with torch.no_grad():
+            teacher_logits = teacher(x)
+        reference = _kd_loss(twin(x), teacher_logits, y, temperature=temperature, alpha=alpha)
+        twin_optimizer.zero_grad()
+        reference.backward()
+        twin_optimizer.step()
+        _require(
+            math.isclose(loss, reference.item(), rel_tol=1e-5, abs_tol=1e-6),
+            f"step {step}: loss {loss:.6f}, the distillation loss is {reference.item():.6f}",
+        )
+        for (name, p), q in zip(student.named_parameters(), twin.parameters()):
+            _require(
+                torch.allclose(p, q, atol=1e-5),
+                f"step {step}: student parameter {name} differs from the step on distill.kd_loss",
+            )
 
 
 def forward_blocks(model: nn.Module, layers: Sequence[int], idx: Tensor) -> Tensor:

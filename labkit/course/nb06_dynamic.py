@@ -13,12 +13,15 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -39,6 +42,8 @@ __all__ = [
     "steps",
     "plot_exits",
     "plot_moe",
+    "check_switch_step",
+    "clustered_experts",
 ]
 
 COURSE: dict[str, Any] = {
@@ -375,3 +380,102 @@ def plot_moe(records: Sequence[Mapping[str, Any]], hidden: int | None = None) ->
     ax.set_title("MoE: quality vs active compute")
     ax.figure.tight_layout()
     return ax
+
+
+# --------------------------------------------------------------------------- the notebook's checks
+
+
+def _require(condition: Any, message: str) -> None:
+    """Raise AssertionError(message) unless ``condition`` (a graded check, even under -O)."""
+    if not condition:
+        raise AssertionError(message)
+
+
+def check_switch_step(
+    switch_step: Callable[..., float],
+    moe: dynamic.MoE,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    num_steps: int = 3,
+) -> None:
+    """Check ``switch_step(router, experts, x, target, optimizer)`` against ``dynamic.MoE``.
+
+    ``moe`` is a top-1 :class:`labkit.dynamic.MoE` and ``optimizer`` a fresh optimizer over its
+    parameters; the student's step gets ``moe.router`` and ``moe.experts``. A deep copy of both
+    takes the same ``num_steps`` steps on ``F.mse_loss(moe(x), target)``. The router must change at
+    the first step (its gate carries gradient); after every step the returned loss (a Python
+    float) must be the twin's loss before its step and every parameter the twin's. Raises
+    AssertionError naming what differs.
+
+    Example:
+        >>> moe = dynamic.MoE(dim=4, hidden=8, n_experts=3, top_k=1)
+        >>> def step(router, experts, x, target, optimizer):
+        ...     parent = dynamic.MoE(4, 8, 3, 1)
+        ...     parent.router, parent.experts = router, experts
+        ...     loss = F.mse_loss(parent(x), target)
+        ...     optimizer.zero_grad()
+        ...     loss.backward()
+        ...     optimizer.step()
+        ...     return loss.item()
+        >>> opt = torch.optim.SGD(moe.parameters(), lr=0.5)
+        >>> check_switch_step(step, moe, torch.randn(16, 4), torch.randn(16, 4), opt)
+    """
+    _require(moe.top_k == 1, "check_switch_step needs a top-1 MoE")
+    twin, twin_optimizer = copy.deepcopy((moe, optimizer))  # shares params with its optimizer
+    router_before = moe.router.weight.detach().clone()
+    for step in range(1, num_steps + 1):
+        loss = switch_step(moe.router, moe.experts, x, target, optimizer)
+        _require(isinstance(loss, float), f"return the loss as a Python float, not {type(loss)}")
+        reference = F.mse_loss(twin(x), target)
+        twin_optimizer.zero_grad()
+        reference.backward()
+        twin_optimizer.step()
+        _require(
+            step > 1 or not torch.equal(moe.router.weight, router_before),
+            "the router did not learn: scale the chosen expert's output by its softmax "
+            "probability (a gate that carries gradient), not by 1",
+        )
+        _require(
+            math.isclose(loss, reference.item(), rel_tol=1e-5, abs_tol=1e-6),
+            f"step {step}: loss {loss:.6f}, dynamic.MoE's top-1 layer gives {reference.item():.6f}",
+        )
+        for (name, p), q in zip(moe.named_parameters(), twin.parameters()):
+            _require(
+                torch.allclose(p, q, atol=1e-5),
+                f"step {step}: {name} differs from one optimizer step through dynamic.MoE",
+            )
+
+
+def clustered_experts(
+    generator: torch.Generator, num_samples: int = 256, dim: int = 8, n_experts: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.nn.ModuleList]:
+    """A routing task where expert ``e`` is right exactly for the inputs of cluster ``e``.
+
+    ``num_samples`` inputs of ``dim`` features around ``n_experts`` random centres; expert ``e``
+    is a bias-free linear map writing only to its own block of ``dim // n_experts`` output
+    features, and an input's target is its own cluster's expert's output. A wrong expert
+    therefore only adds error, and a router that learns from the task loss routes each cluster
+    to its expert.
+    Returns ``(x (N, dim), cluster (N,), target (N, dim), experts)``; the experts are frozen.
+
+    Example:
+        >>> x, cluster, target, experts = clustered_experts(torch.Generator().manual_seed(0))
+        >>> torch.allclose(target[0], experts[int(cluster[0])](x[0]))
+        True
+    """
+    check_int("n_experts", n_experts, minimum=1, maximum=dim)
+    centers = torch.randn(n_experts, dim, generator=generator) * 3
+    cluster = torch.randint(0, n_experts, (num_samples,), generator=generator)
+    x = centers[cluster] + torch.randn(num_samples, dim, generator=generator)
+    block = dim // n_experts
+    experts = torch.nn.ModuleList(
+        torch.nn.Linear(dim, dim, bias=False) for _ in range(n_experts)
+    ).requires_grad_(False)
+    for e, expert in enumerate(experts):
+        rows = torch.zeros(dim, 1)
+        rows[e * block : (e + 1) * block] = 1  # expert e writes to its own block only
+        expert.weight.copy_(torch.randn(dim, dim, generator=generator) * rows / dim**0.5)
+    with torch.no_grad():
+        outputs = torch.stack([expert(x) for expert in experts], dim=1)  # (N, E, dim)
+    return x, cluster, outputs[torch.arange(num_samples), cluster], experts
