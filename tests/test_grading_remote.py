@@ -23,6 +23,11 @@ def train_step(model, opt, x, y):
     opt.step()
     return loss.item()
 
+def step_no_zero_grad(model, opt, x, y):
+    torch.nn.functional.mse_loss(model(x), y).backward()  # gradients accumulate across calls
+    opt.step()
+
+
 def scaled(x, w):
     return (x * w).sum(dim=-1), x.abs()
 
@@ -83,6 +88,22 @@ def test_a_training_step_updates_the_graders_model_and_optimizer(conn):
     assert torch.allclose(model.weight, twin.weight, atol=1e-6)
     momentum = opt.state_dict()["state"][0]["momentum_buffer"]
     assert torch.allclose(momentum, opt_twin.state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_parameter_gradients_persist_between_calls_as_they_would_in_one_process(conn):
+    torch.manual_seed(1)
+    model, x, y = torch.nn.Linear(3, 2), torch.randn(8, 3), torch.randn(8, 2)
+    twin = torch.nn.Linear(3, 2)
+    twin.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1)
+    step = conn.request(("get", "step_no_zero_grad"))
+    for _ in range(3):
+        step(model, opt, x, y)
+        torch.nn.functional.mse_loss(twin(x), y).backward()
+        opt_twin.step()
+    assert torch.allclose(model.weight.grad, twin.weight.grad, atol=1e-6)
+    assert torch.allclose(model.weight, twin.weight, atol=1e-6)
 
 
 def test_gradients_flow_back_through_the_students_function(conn):

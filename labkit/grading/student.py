@@ -106,6 +106,11 @@ class Student:
         target = self.handles[request[1]]
         if kind == "call":
             args, kwargs = request[2], request[3]
+            for module, grads in zip(
+                _modules(args, kwargs), request[4] if len(request) > 4 else []
+            ):
+                for name, p in module.named_parameters():  # .grad does not travel in a pickle
+                    p.grad = grads.get(name)
             value = target(*args, **kwargs)
             reply = {"value": value, "updates": _updates(args, kwargs)}
             leaves = grad_leaves(args, kwargs)
@@ -135,7 +140,8 @@ def _state(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, torch.nn.Module):
-        return dict(x.state_dict(keep_vars=False))
+        grads = {k: p.grad for k, p in x.named_parameters() if p.grad is not None}
+        return {"state": dict(x.state_dict(keep_vars=False)), "grads": grads}
     if isinstance(x, torch.optim.Optimizer):
         return x.state_dict()
     return None
@@ -157,6 +163,27 @@ def grad_leaves(args: tuple, kwargs: dict) -> list:
                 out.append(x)
         elif isinstance(x, torch.nn.Module):
             out.extend(p for p in x.parameters() if p.requires_grad)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+
+    walk(list(args))
+    walk(kwargs)
+    return out
+
+
+def _modules(args: tuple, kwargs: dict) -> list:
+    """The modules among the arguments, in the order both sides walk them."""
+    import torch
+
+    out: list = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.nn.Module):
+            out.append(x)
         elif isinstance(x, (list, tuple)):
             for v in x:
                 walk(v)
