@@ -348,7 +348,7 @@ def check_lsq_fake_quant(
 
 
 def fit_scale(
-    fn: Any, x: Tensor, scale: float, qmin: int, qmax: int, steps: int = 25, lr: float = 0.05
+    fn: Any, x: Tensor, scale: float, qmin: int, qmax: int, num_steps: int = 25, lr: float = 0.05
 ) -> tuple[list[float], float]:
     """Train a one-element scale with Adam to lower the MSE of ``fn(x, scale, qmin, qmax)``.
 
@@ -358,7 +358,7 @@ def fit_scale(
     s = torch.tensor([float(scale)], requires_grad=True)
     opt = torch.optim.Adam([s], lr=lr)
     history = []
-    for _ in range(steps):
+    for _ in range(num_steps):
         opt.zero_grad()
         loss = ((fn(x, s, qmin, qmax) - x) ** 2).mean()
         loss.backward()

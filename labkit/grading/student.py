@@ -147,22 +147,18 @@ def _state(x: Any) -> Any:
     return None
 
 
-def grad_leaves(args: tuple, kwargs: dict) -> list:
-    """Tensors that require grad and trainable parameters of modules among the arguments.
+def _collect(args: tuple, kwargs: dict, take: Any) -> list:
+    """What ``take`` finds in the arguments, walking lists, tuples and dict values in order.
 
-    Both sides walk their own copy of the arguments in this same order, so the i-th gradient the
-    student's side computes belongs to the grader's i-th leaf.
+    ``take(x)`` returns a list (what x contributes) or None (look inside x). Both sides walk
+    their own copy of the arguments in this same order, so the i-th item matches.
     """
-    import torch
-
     out: list = []
 
     def walk(x: Any) -> None:
-        if isinstance(x, torch.Tensor):
-            if x.requires_grad:
-                out.append(x)
-        elif isinstance(x, torch.nn.Module):
-            out.extend(p for p in x.parameters() if p.requires_grad)
+        found = take(x)
+        if found is not None:
+            out.extend(found)
         elif isinstance(x, (list, tuple)):
             for v in x:
                 walk(v)
@@ -173,27 +169,30 @@ def grad_leaves(args: tuple, kwargs: dict) -> list:
     walk(list(args))
     walk(kwargs)
     return out
+
+
+def grad_leaves(args: tuple, kwargs: dict) -> list:
+    """Tensors that require grad and trainable parameters of modules among the arguments.
+
+    The i-th gradient the student's side computes belongs to the grader's i-th leaf.
+    """
+    import torch
+
+    def take(x: Any) -> list | None:
+        if isinstance(x, torch.Tensor):
+            return [x] if x.requires_grad else []
+        if isinstance(x, torch.nn.Module):
+            return [p for p in x.parameters() if p.requires_grad]
+        return None
+
+    return _collect(args, kwargs, take)
 
 
 def _modules(args: tuple, kwargs: dict) -> list:
     """The modules among the arguments, in the order both sides walk them."""
     import torch
 
-    out: list = []
-
-    def walk(x: Any) -> None:
-        if isinstance(x, torch.nn.Module):
-            out.append(x)
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                walk(v)
-        elif isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-
-    walk(list(args))
-    walk(kwargs)
-    return out
+    return _collect(args, kwargs, lambda x: [x] if isinstance(x, torch.nn.Module) else None)
 
 
 def _updates(args: tuple, kwargs: dict) -> list:
