@@ -108,8 +108,8 @@ def scan_solution(source: str, protected: set[str], allowed: set[str] = frozense
     """Findings (short strings) for one solution cell; ``[]`` when nothing looks like tampering.
 
     ``protected`` are the names of modules, functions and classes the course notebook binds
-    outside solution cells; rebinding one at top level (an import of the same name is left to
-    the guard cells, which see whether it changed) is flagged unless it is in ``allowed`` (the names
+    outside solution cells; rebinding one at top level (not an import of the same name) is
+    flagged unless it is in ``allowed`` (the names
     the instructor's own solution cell binds). A cell that does not parse gives no findings.
 
     Example: ``scan_solution(student_source, protected={"np", "reference"}, allowed={"my_fn"})``

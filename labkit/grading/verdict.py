@@ -224,16 +224,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     solutions = {
         c["grade_id"]: side.errors.get(c["index"]) for c in job["cells"] if c["role"] == "solution"
     }
-    student_cells = {
-        str(k): v
-        for k, v in side.errors.items()
-        if v
-        and str(k)
-        not in map(str, (c["index"] for c in job["cells"] if c["role"] == "solution"))  # fmt: skip
-    }
     return {"tests": tests, "solutions": solutions, "cells": cells_failed,
-            "student_cells": student_cells, "restarts": side.restarts,
-            "seconds": time.monotonic() - start}  # fmt: skip
+            "restarts": side.restarts, "seconds": time.monotonic() - start}  # fmt: skip
 
 
 def main() -> None:
