@@ -213,6 +213,16 @@ def attacked(tmp_path_factory):
         "    z = np.exp(x - x.max())\n    return z / z.sum()\n"
     )
     subs["exfiltrate"] = leak
+    later = copy.deepcopy(solved)  # keeps the hidden inputs, shows them in a later visible test
+    _cell(later, "ex2-softmax-solution").source = (
+        "seen = []\n"
+        "def softmax(x):\n    seen.append(list(x))\n    x = np.asarray(x, dtype=float)\n"
+        "    z = np.exp(x - x.max())\n    return z / z.sum()\n"
+    )
+    _cell(later, "ex3-topk-solution").source = (
+        "def topk_mask(x, k):\n    raise ValueError(f'LEAK {seen}')\n"
+    )
+    subs["exfiltrate_later"] = later
     for name, nb in subs.items():
         (tmp / "subs" / name).mkdir(parents=True)
         nbformat.write(nb, str(tmp / "subs" / name / FIXTURE.name))
@@ -256,7 +266,8 @@ def test_the_rest_of_the_class_is_graded_as_if_no_attacker_were_there(attacked):
     table = attacked["table"]
     assert table["solved"]["total"] == "6" and table["solved"]["status"] == "ok"
     assert table["blank"]["total"] == "0"
-    assert set(table) == {"solved", "blank", *ATTACKS, "memory_bomb", "output_flood", "exfiltrate"}
+    expected = {"solved", "blank", *ATTACKS, "memory_bomb", "output_flood", "exfiltrate"}
+    assert set(table) == expected | {"exfiltrate_later"}
     assert "FORGED-ROW" not in attacked["csv"], "the daemons could not touch the gradebook"
     for name in ("report.json", "result.json", "report.jsonl"):
         assert not (attacked["tmp"] / "out" / name).exists()
@@ -290,6 +301,9 @@ def test_hidden_test_inputs_do_not_leak_through_the_students_error_messages(atta
     feedback = attacked["feedback"]["exfiltrate"]
     assert "ValueError raised by your code in a hidden test (message not shown)" in feedback
     assert "LEAK" not in feedback and "1000" not in feedback
+    later = attacked["feedback"]["exfiltrate_later"]  # the visible inputs it saw may show
+    assert attacked["rows"]["exfiltrate_later"].total == 3, later
+    assert "LEAK" in later and "1000" not in later, "a hidden test's inputs reached feedback"
 
 
 def test_grading_refuses_without_a_sandbox_unless_told(tmp_path, monkeypatch):
@@ -297,3 +311,64 @@ def test_grading_refuses_without_a_sandbox_unless_told(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="--no-sandbox grades anyway: without a sandbox"):
         grade([tmp_path], [FIXTURE], tmp_path / "gradebook.csv", verbose=False)
     assert not (tmp_path / "gradebook.csv").exists()
+
+
+FILL = """
+import os
+wrote = {}
+for d in ("/tmp", "/dev/shm", "/dev"):
+    wrote[d] = 0
+    try:
+        for i in range(4):
+            with open(f"{d}/fill{i}", "wb") as fh:
+                for _ in range(256):
+                    fh.write(b"\\0" * (1 << 20))
+                    wrote[d] += 1 << 20
+    except OSError:
+        pass
+    for i in range(4):
+        try:
+            os.remove(f"{d}/fill{i}")
+        except OSError:
+            pass
+import multiprocessing
+multiprocessing.Lock()  # needs /dev/shm: it still works once the filler is gone
+print(wrote)
+"""
+
+
+def test_memory_backed_folders_cannot_fill_the_machines_memory():
+    """/tmp and /dev/shm are tmpfs, in RAM but outside the heap limit: they have a size."""
+    _need_sandbox()
+    import ast
+    import subprocess
+    import sys
+
+    cmd = sandbox.bwrap_command([sys.executable, "-c", FILL], {"PATH": "/usr/bin:/bin"})
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    wrote = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert wrote["/tmp"] <= sandbox.TMP_BYTES, wrote
+    assert wrote["/dev/shm"] <= sandbox.SHM_BYTES, wrote
+    assert wrote["/dev"] == 0, wrote
+
+
+def test_a_failure_in_or_after_a_hidden_test_shows_no_message():
+    """An assertion's message may show the student's answer, which can echo the hidden inputs."""
+    from labkit.grading.verdict import _run_here, _test_message
+
+    source = (
+        "out = echo([1, 2])\nassert out == [1, 2], f'visible: got {out}'\n"
+        "### BEGIN HIDDEN TESTS\nout = echo([7919, 104729])\n"
+        "assert out == [], f'got {out}'\n### END HIDDEN TESTS\n"
+    )
+    visible = source.replace("[1, 2], f'", "[], f'", 1)
+    messages = []
+    for code in (visible, source):
+        try:
+            _run_here(code, {"echo": lambda xs: xs}, 7)
+        except AssertionError as err:
+            messages.append(_test_message(err, code, 7))
+    assert messages[0] == "AssertionError: visible: got [1, 2]"
+    assert messages[1] == "AssertionError in a hidden test (message not shown)"
+    assert "7919" not in messages[1]

@@ -45,6 +45,15 @@ def slow():
     while True:
         time.sleep(0.01)
 
+def overwrite_inputs(x):
+    x.zero_()  # in place: the test's reference, computed after the call, would see zeros
+    return torch.zeros_like(x)
+
+def sgd_on_tensor(w, opt):
+    opt.zero_grad()
+    (w**2).sum().backward()
+    opt.step()
+
 answer = {"bytes": 1234, "ratio": 3.5}
 """
 
@@ -104,6 +113,24 @@ def test_parameter_gradients_persist_between_calls_as_they_would_in_one_process(
         opt_twin.step()
     assert torch.allclose(model.weight.grad, twin.weight.grad, atol=1e-6)
     assert torch.allclose(model.weight, twin.weight, atol=1e-6)
+
+
+def test_a_tests_inputs_stay_as_the_test_made_them(conn):
+    x = torch.randn(6)
+    before = x.clone()
+    out = conn.request(("get", "overwrite_inputs"))(x)
+    assert torch.equal(x, before), "an input overwritten on the student's side came back"
+    assert not torch.allclose(out, torch.softmax(x, dim=0))
+
+
+def test_tensors_an_optimizer_holds_come_back_stepped(conn):
+    w = torch.randn(3, requires_grad=True)
+    twin = w.detach().clone().requires_grad_()
+    opt, opt_twin = torch.optim.SGD([w], lr=0.1), torch.optim.SGD([twin], lr=0.1)
+    conn.request(("get", "sgd_on_tensor"))(w, opt)
+    (twin**2).sum().backward()
+    opt_twin.step()
+    assert torch.allclose(w, twin) and not torch.allclose(w, twin + 0.1)
 
 
 def test_gradients_flow_back_through_the_students_function(conn):

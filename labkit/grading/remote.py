@@ -9,8 +9,9 @@ Remote has no truth value and compares equal only to itself, so ``assert student
 raised here as the built-in exception of the same name (or :class:`SubmissionError`) with its
 message; no traceback object, no code, crosses over.
 
-Arguments that are tensors, modules or optimizers come back updated after a call, so a test can
-hand the student's training step a model and an optimizer and look at them afterwards.
+Arguments that are modules or optimizers, and tensors such an optimizer holds, come back updated
+after a call, so a test can hand the student's training step a model and an optimizer and look at
+them afterwards; other tensors (a test's inputs) never come back changed.
 
 Example:
     >>> conn = Connection(sandbox.start(sandbox=True), timeout=60)   # doctest: +SKIP

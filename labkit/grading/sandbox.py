@@ -5,7 +5,8 @@
 
 - **files**: read-only the system (``/usr``, ``/etc``, ...), this Python and its packages,
   labkit's own package folder and the data cache (``LABKIT_DATA``); writable only a fresh
-  tmpfs ``/tmp`` that is its working folder. The course notebooks, hidden tests, other
+  tmpfs ``/tmp`` that is its working folder and a small ``/dev/shm``, both of a fixed size
+  (:data:`TMP_BYTES`, :data:`SHM_BYTES`: tmpfs is memory the heap limit does not count). The course notebooks, hidden tests, other
   submissions, the gradebook and the rest of the repository are not in its file system;
 - **namespaces**: new user (uid/gid 65534), PID, network (no interface but loopback), IPC, UTS and
   cgroup namespaces, and a new session: it can see and signal only its own processes, reach no
@@ -44,6 +45,10 @@ NO_SANDBOX_MEANS = (
     "without a sandbox the students' code runs with your user's rights: it can read your files "
     "(the course notebooks and hidden tests included), use the network and signal your processes"
 )
+# tmpfs lives in the machine's memory, outside the heap limit: without a size, a submission could
+# fill half the RAM per mount and starve the grader and the other students' processes
+TMP_BYTES = 512 << 20  # the student's /tmp (its working folder)
+SHM_BYTES = 64 << 20  # /dev/shm, for multiprocessing's semaphores; the rest of /dev is read-only
 _ENV_KEEP = ("LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY",
              "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "LABKIT_GRADE_DEBUG")  # fmt: skip
 
@@ -71,8 +76,9 @@ def _read_only_paths() -> list[Path]:
 def bwrap_command(argv: list[str], env: dict[str, str]) -> list[str]:
     """The ``bwrap`` command line that runs ``argv`` sandboxed with exactly ``env``."""
     cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-           "--uid", "65534", "--gid", "65534", "--proc", "/proc", "--dev", "/dev",
-           "--tmpfs", "/tmp", "--chdir", "/tmp", "--clearenv"]  # fmt: skip
+           "--uid", "65534", "--gid", "65534", "--proc", "/proc",
+           "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+           "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp", "--clearenv"]  # fmt: skip
     for p in _read_only_paths():
         cmd += ["--ro-bind", str(p), str(p)]
     for name in ("bin", "lib", "lib64", "sbin"):

@@ -11,7 +11,9 @@ sandboxed by :mod:`labkit.grading.sandbox`) and steps both through the notebook 
   student's functions and classes) as :class:`~labkit.grading.remote.Remote` objects whose calls
   return data again. Imports the course's solution cell makes are made here, by this process;
 - a graded cell (hidden tests included) runs only here; it passes when it runs without an
-  exception. The student's process never receives a test's code.
+  exception. The student's process never receives a test's code. A graded cell with hidden
+  tests calls into a fork of the student's process that ends with the cell, so nothing the
+  student's code learns of hidden inputs survives into a later test's messages (feedback).
 
 So no code of the student's ever runs in this process, and nothing the student's process does
 (exception hooks, input transformers, patched modules, objects whose ``==`` is always true,
@@ -69,21 +71,30 @@ def bound_names(source: str) -> tuple[list[str], list[str]]:
 
 
 def _test_message(err: BaseException, source: str, index: int) -> str:
-    """What feedback says of a failed test: the error, except what the student's code raised
-    inside a hidden test (its message could carry the hidden inputs out): then its type only."""
+    """What feedback says of a failed test: the error, except for a failure from the first
+    hidden test of the cell on: then its type only. Its message could carry the hidden inputs
+    out: in what the student's code raised, or in the answer an assertion's message shows (the
+    student's function can return its inputs)."""
     line, tb = None, err.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code.co_filename == f"<cell {index}>":
             line = tb.tb_lineno - 1  # 0-based, as the marker regions
         tb = tb.tb_next
-    if line is not None and getattr(err, "labkit_from_submission", False):
-        try:
-            hidden = _regions(source, "hidden")
-        except ValueError:
-            hidden = []
-        if any(a < line < b for a, b in hidden):
-            return f"{type(err).__name__} raised by your code in a hidden test (message not shown)"
+    try:
+        hidden = _regions(source, "hidden")
+    except ValueError:
+        hidden = [(-1, -1)]  # malformed markers: treat the whole cell as hidden
+    if hidden and (line is None or line > hidden[0][0]):
+        by = " raised by your code" if getattr(err, "labkit_from_submission", False) else ""
+        return f"{type(err).__name__}{by} in a hidden test (message not shown)"
     return error_text(err)
+
+
+def _has_hidden(source: str) -> bool:
+    try:
+        return bool(_regions(source, "hidden"))
+    except ValueError:
+        return True
 
 
 def _run_here(source: str, ns: dict[str, Any], index: int) -> None:
@@ -162,6 +173,22 @@ class _Lockstep:
             if rebind and c["role"] == "solution":
                 self.bind(c, ns)
 
+    def isolated(self, source: str, ns: dict[str, Any], index: int) -> None:
+        """Run a graded cell with hidden tests against a fork of the student's process.
+
+        The fork ends with the cell, so what the student's code saw of the hidden inputs is gone
+        before any later test, whose messages reach feedback, calls into it again.
+        """
+        self.conn.request(("fork",))
+        try:
+            _run_here(source, ns, index)
+        finally:
+            if not self.conn.broken:
+                try:
+                    self.conn.request(("join",))
+                except Exception:  # noqa: BLE001, S110 - broken now: restarted before the next cell
+                    pass
+
     def bind(self, cell: dict[str, Any], ns: dict[str, Any]) -> None:
         imports, names = bound_names(cell["source"])
         for statement in imports:
@@ -204,7 +231,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             side.bind(c, ns)
             continue
         try:
-            _run_here(c["source"], ns, i)
+            if role == "graded" and _has_hidden(c["source"]):
+                side.isolated(c["source"], ns, i)
+            else:
+                _run_here(c["source"], ns, i)
             if role == "graded":
                 tests[c["grade_id"]] = ["passed", ""]
         except RemoteTimeout as err:
