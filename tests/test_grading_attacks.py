@@ -219,9 +219,8 @@ def attacked(tmp_path_factory):
         "def softmax(x):\n    seen.append(list(x))\n    x = np.asarray(x, dtype=float)\n"
         "    z = np.exp(x - x.max())\n    return z / z.sum()\n"
     )
-    _cell(later, "ex3-topk-solution").source = (
-        "def topk_mask(x, k):\n    raise ValueError(f'LEAK {seen}')\n"
-    )
+    show = "def topk_mask(x, k):\n    raise ValueError(f'LEAK {seen}')\n"
+    _cell(later, "ex3-topk-solution").source = show
     subs["exfiltrate_later"] = later
     for name, nb in subs.items():
         (tmp / "subs" / name).mkdir(parents=True)

@@ -6,8 +6,9 @@
 - **files**: read-only the system (``/usr``, ``/etc``, ...), this Python and its packages,
   labkit's own package folder and the data cache (``LABKIT_DATA``); writable only a fresh
   tmpfs ``/tmp`` that is its working folder and a small ``/dev/shm``, both of a fixed size
-  (:data:`TMP_BYTES`, :data:`SHM_BYTES`: tmpfs is memory the heap limit does not count). The course notebooks, hidden tests, other
-  submissions, the gradebook and the rest of the repository are not in its file system;
+  (:data:`TMP_BYTES`, :data:`SHM_BYTES`: tmpfs is memory the heap limit does not count). The
+  course notebooks, hidden tests, other submissions, the gradebook and the rest of the
+  repository are not in its file system;
 - **namespaces**: new user (uid/gid 65534), PID, network (no interface but loopback), IPC, UTS and
   cgroup namespaces, and a new session: it can see and signal only its own processes, reach no
   network, and cannot push keystrokes into the grader's terminal;
@@ -76,9 +77,10 @@ def _read_only_paths() -> list[Path]:
 def bwrap_command(argv: list[str], env: dict[str, str]) -> list[str]:
     """The ``bwrap`` command line that runs ``argv`` sandboxed with exactly ``env``."""
     cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-           "--uid", "65534", "--gid", "65534", "--proc", "/proc",
-           "--dev", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-           "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp", "--clearenv"]  # fmt: skip
+           "--uid", "65534", "--gid", "65534", "--proc", "/proc", "--dev", "/dev",
+           "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+           "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp",
+           "--clearenv"]  # fmt: skip
     for p in _read_only_paths():
         cmd += ["--ro-bind", str(p), str(p)]
     for name in ("bin", "lib", "lib64", "sbin"):
