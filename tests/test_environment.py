@@ -111,3 +111,15 @@ def test_ci_runs_the_readme_test_command():
 @pytest.mark.parametrize("name", ["jupyterlab", "ipywidgets", "jupyterlab_widgets", "nbval"])
 def test_required_packages_declared(name):
     assert _normalise(name) in _as_map(_pyproject()["project"]["dependencies"])
+
+
+def test_pre_commit_config_parses_and_runs_tools_the_dev_extras_install():
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())
+    dev = {
+        _normalise(Requirement(r).name)
+        for r in _pyproject()["project"]["optional-dependencies"]["dev"]
+    }
+    hooks = [h for repo in config["repos"] for h in repo["hooks"]]
+    assert {h["id"] for h in hooks} >= {"nbstripout", "ruff-check", "ruff-format"}
+    for hook in hooks:
+        assert _normalise(hook["entry"].split()[0]) in dev, hook["entry"]
