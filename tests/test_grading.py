@@ -592,3 +592,42 @@ def test_verify_notebook_catches_vacuous_and_wrong_tests(tmp_path):
     problems = "\n".join(report["problems"])
     assert "graded cell ex1-mean passes without its solution" in problems
     assert "graded cell ex3-topk fails with the solution: AssertionError" in problems
+
+
+def _with_worked_solution(tmp_path):
+    """The fixture with a worked solution (a solution cell tagged ``explanation``) after ex1."""
+    nb = read_notebook(FIXTURE)
+    at = nb.cells.index(_cell(nb, "ex1-mean")) + 1
+    worked = nbformat.v4.new_code_cell(
+        "# the worked solution\n### BEGIN SOLUTION\nworked = sum([1, 2, 3]) / 3\n"
+        "print('the mean of 1, 2, 3 is', worked)\n### END SOLUTION"
+    )
+    worked.metadata = {
+        "tags": ["solution", "explanation"],
+        "nbgrader": {"solution": True, "grade": False, "grade_id": "ex1-mean-explained",
+                     "locked": False, "schema_version": 3},
+    }  # fmt: skip
+    nb.cells.insert(at, worked)
+    path = tmp_path / "src" / FIXTURE.name
+    _write(nb, path)
+    return path, at
+
+
+def test_a_worked_solution_is_a_note_in_the_workbook_and_a_course_cell_in_grading(tmp_path):
+    path, at = _with_worked_solution(tmp_path)
+    (src,) = load_sources([path])
+    cell = src.workbook.cells[at].source
+    assert "The worked solution is in the course notebook." in cell and "worked =" not in cell
+    assert "NotImplementedError" not in cell  # the workbook runs through it
+    graded_nb, notes, _ = build_graded_notebook(src, src.workbook)
+    assert not [n for n in notes if "explained" in n], notes
+    entry = next(c for c in _job(graded_nb, src) if c["index"] == at)
+    assert entry["role"] == "code" and "worked = sum" in entry["source"]
+
+
+@pytest.mark.slow
+def test_a_worked_solution_costs_no_points_and_no_feedback_noise(tmp_path):
+    path, _ = _with_worked_solution(tmp_path)
+    report = verify_notebook(path, cell_timeout=60)
+    assert report["ok"], report
+    assert not [n for n in report["notes"] if "explained" in n], report["notes"]

@@ -216,10 +216,15 @@ def attacked(tmp_path_factory):
     later = copy.deepcopy(solved)  # keeps the hidden inputs, shows them in a later visible test
     _cell(later, "ex2-softmax-solution").source = (
         "seen = []\n"
-        "def softmax(x):\n    seen.append(list(x))\n    x = np.asarray(x, dtype=float)\n"
+        "def softmax(x):\n    seen.append(list(x))\n"
+        "    with open('/tmp/seen.txt', 'a') as fh:\n        fh.write(repr(list(x)))\n"
+        "    x = np.asarray(x, dtype=float)\n"
         "    z = np.exp(x - x.max())\n    return z / z.sum()\n"
     )
-    show = "def topk_mask(x, k):\n    raise ValueError(f'LEAK {seen}')\n"
+    show = (
+        "def topk_mask(x, k):\n"
+        "    raise ValueError(f'LEAK {seen} {open(\"/tmp/seen.txt\").read()}')\n"
+    )
     _cell(later, "ex3-topk-solution").source = show
     subs["exfiltrate_later"] = later
     for name, nb in subs.items():

@@ -16,7 +16,14 @@ from typing import Any
 import nbformat
 
 from labkit.grading.execute import code_cell_numbers, run_recovering
-from labkit.grading.source import NotebookError, cell_role, clean_copy, nbgrader_meta, read_notebook
+from labkit.grading.source import (
+    NotebookError,
+    cell_role,
+    clean_copy,
+    is_worked_solution,
+    nbgrader_meta,
+    read_notebook,
+)
 from labkit.grading.submission import TestResult
 
 __all__ = ["check_notebook", "verify_notebook"]
@@ -68,6 +75,8 @@ def _exercises(nb: Any) -> tuple[list[dict[str, list[int]]], list[str]]:
     current: dict[str, list[int]] | None = None
     for i, cell in enumerate(nb.cells):
         role = cell_role(cell)
+        if is_worked_solution(cell):
+            continue  # a worked solution after its question: nothing to grade
         if role == "solution":
             if current is None or current["graded"]:
                 current = {"solutions": [], "graded": []}

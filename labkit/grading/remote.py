@@ -133,6 +133,7 @@ class Connection:
         self.broken = False
         self.generation = next(_GENERATIONS)
         self.deadline: float | None = None  # time.monotonic() past which nothing is waited for
+        self.sealed: str | None = None  # while set, every request raises RuntimeError(sealed)
 
     def _apply(self, updates: Any, args: tuple, kwargs: dict) -> None:
         """Copy the new state of tensor/module/optimizer arguments into the caller's objects."""
@@ -151,6 +152,8 @@ class Connection:
 
     def request(self, request: tuple, *, startup: bool = False) -> Any:
         """Send one request; the decoded value, or the student's exception raised here."""
+        if self.sealed:
+            raise RuntimeError(self.sealed)
         if self.broken:
             raise RemoteGone("the submission's process is not answering")
         buf = io.BytesIO()

@@ -40,6 +40,8 @@ __all__ = [
     "normalized",
     "clean_copy",
     "STUB",
+    "WORKED",
+    "is_worked_solution",
     "without_surrogates",
 ]
 
@@ -202,7 +204,20 @@ def _regions(source: str, kind: str) -> list[tuple[int, int]]:
     return regions
 
 
-def replace_solutions(source: str) -> str:
+WORKED = ("# The worked solution is in the course notebook.", "pass")
+
+
+def is_worked_solution(cell: dict) -> bool:
+    """A solution cell tagged ``explanation``: a worked solution, not something to write.
+
+    The workbook shows a note in its place (:data:`WORKED`); grading runs the course's own
+    version on both sides like any course cell, so it is never the student's to answer.
+    """
+    tags = (cell.get("metadata") or {}).get("tags") or []
+    return cell_role(cell) == "solution" and isinstance(tags, list) and "explanation" in tags
+
+
+def replace_solutions(source: str, stub: tuple[str, ...] = STUB) -> str:
     """Replace each solution region by ``# YOUR CODE HERE`` + ``raise NotImplementedError()``.
 
     The stub keeps the ``### BEGIN SOLUTION`` line's indentation, so a region inside a function
@@ -212,14 +227,14 @@ def replace_solutions(source: str) -> str:
     """
     regions = _regions(source, "solution")
     if not regions:
-        return "\n".join(STUB)
+        return "\n".join(stub)
     lines = source.splitlines()
     out: list[str] = []
     last = 0
     for begin, end in regions:
         out.extend(lines[last:begin])
         indent = lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]
-        out.extend(indent + stub for stub in STUB)
+        out.extend(indent + line for line in stub)
         last = end + 1
     out.extend(lines[last:])
     return "\n".join(out)

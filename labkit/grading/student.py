@@ -12,9 +12,7 @@ stdin/stdout/stderr at /dev/null, so nothing the cells print can garble an answe
   ``("getitem", hid, key)``, ``("len", hid)``, ``("iter", hid)`` evaluate on the student's
   objects; answer ``{"value": ..., "updates": [...]}`` where ``updates`` carries the new state of
   modules and optimizers passed in and of the tensors such an optimizer holds (so in-place
-  training steps are seen), or ``{"error": "Type: message"}``;
-- ``("fork",)`` before a graded cell with hidden tests: a child process serves the requests up to
-  ``("join",)``, then ends, and the process continues with its state from before the fork.
+  training steps are seen), or ``{"error": "Type: message"}``.
 
 Nothing here decides a grade: whatever this process sends is only data for the verdict process
 to check, so a student who tampers with it can only spoil their own answers.
@@ -231,38 +229,6 @@ def _updates(args: tuple, kwargs: dict) -> list:
     return out
 
 
-_JOINED = 86  # the exit status of a child that ended at "join"
-_child: int | None = None
-
-
-def _fork() -> bool:
-    """Fork for a graded cell with hidden tests: True in the child, which serves that cell.
-
-    What the student's code learns in the child (a hidden test's inputs, say) ends with it: the
-    parent, which serves everything after the cell, never saw those calls, so no later answer or
-    error message can carry hidden inputs out into feedback.
-    """
-    global _child
-    pid = os.fork()
-    if pid == 0:
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(1)  # OpenMP's thread pool does not survive a fork
-        return True
-    _child = pid
-    return False
-
-
-def _after_child() -> dict[str, Any]:
-    """In the parent: wait for the child; the answer to the request it ended on."""
-    global _child
-    pid, _child = _child, None
-    _, status = os.waitpid(pid, 0)
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _JOINED:
-        return {"value": None}  # answers the "join"
-    return {"error": "SystemExit: your code ended its process during a test with hidden parts"}
-
-
 def main() -> None:
     """Serve the verdict process on the original stdin/stdout until it closes the pipe."""
     from labkit.grading import wire
@@ -273,7 +239,6 @@ def main() -> None:
         os.dup2(null, fd)
     sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     student = Student()
-    forked = False  # True in the child that serves a graded cell with hidden tests
     while True:
         try:
             header, blobs = wire.read_message(fd_in)
@@ -281,17 +246,7 @@ def main() -> None:
             return
         try:
             request = _Unpickler(blobs[0], student.handles).load()
-            if request[0] == "fork":
-                forked = forked or _fork()
-                reply = {"value": None}
-            elif request[0] == "join":
-                if forked:
-                    os._exit(_JOINED)  # the parent answers for it, with the state of before
-                reply = {"value": None}
-            else:
-                reply = student.answer(request)
-            if not forked and request[0] == "fork":
-                reply = _after_child()  # the parent: answers the child's last request
+            reply = student.answer(request)
         except BaseException as err:  # noqa: BLE001 - reported to the grader as text
             if isinstance(err, KeyboardInterrupt):
                 raise

@@ -35,6 +35,7 @@ from labkit.grading.source import (
     NotebookError,
     NotebookInfo,
     clean_copy,
+    is_worked_solution,
     nbgrader_meta,
     normalized,
     read_notebook,
@@ -176,6 +177,9 @@ def build_graded_notebook(
     used: set[int] = set()
     for grade_id, index in source.info.solutions.items():
         cells = student.get(grade_id) or []
+        if is_worked_solution(nb.cells[index]):
+            used.update(id(c) for c in cells)
+            continue  # the course's worked solution runs as it is (see _job)
         if not cells and nb.cells[index].get("id") in by_cell_id:
             cells = [by_cell_id[nb.cells[index].get("id")]]
         if not cells:
@@ -284,7 +288,7 @@ def _job(nb: NotebookNode, source: SourceNotebook) -> list[dict[str, Any]]:
         if cell.cell_type != "code":
             continue
         entry = {"index": i, "role": "code", "source": source.nb.cells[i].source}
-        if i in solutions:
+        if i in solutions and not is_worked_solution(source.nb.cells[i]):
             entry.update(role="solution", grade_id=solutions[i], student=cell.source)
         elif i in graded:
             entry.update(role="graded", grade_id=graded[i])

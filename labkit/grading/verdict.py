@@ -11,9 +11,9 @@ sandboxed by :mod:`labkit.grading.sandbox`) and steps both through the notebook 
   student's functions and classes) as :class:`~labkit.grading.remote.Remote` objects whose calls
   return data again. Imports the course's solution cell makes are made here, by this process;
 - a graded cell (hidden tests included) runs only here; it passes when it runs without an
-  exception. The student's process never receives a test's code. A graded cell with hidden
-  tests calls into a fork of the student's process that ends with the cell, so nothing the
-  student's code learns of hidden inputs survives into a later test's messages (feedback).
+  exception. The student's process never receives a test's code. The hidden part of a graded
+  cell calls the student's code in a second student process (:class:`_Hidden`), so the one
+  that serves the visible tests never sees a hidden input it could show in feedback later.
 
 So no code of the student's ever runs in this process, and nothing the student's process does
 (exception hooks, input transformers, patched modules, objects whose ``==`` is always true,
@@ -38,7 +38,7 @@ import time
 from typing import Any
 
 from labkit.grading import sandbox
-from labkit.grading.remote import Connection, RemoteGone, RemoteTimeout
+from labkit.grading.remote import Connection, Remote, RemoteGone, RemoteTimeout
 from labkit.grading.source import _regions
 from labkit.grading.student import error_text
 
@@ -70,7 +70,7 @@ def bound_names(source: str) -> tuple[list[str], list[str]]:
     return imports, list(dict.fromkeys(names))
 
 
-def _test_message(err: BaseException, source: str, index: int) -> str:
+def _test_message(err: BaseException, source: str, index: int, all_hidden: bool = False) -> str:
     """What feedback says of a failed test: the error, except for a failure from the first
     hidden test of the cell on: then its type only. Its message could carry the hidden inputs
     out: in what the student's code raised, or in the answer an assertion's message shows (the
@@ -84,17 +84,33 @@ def _test_message(err: BaseException, source: str, index: int) -> str:
         hidden = _regions(source, "hidden")
     except ValueError:
         hidden = [(-1, -1)]  # malformed markers: treat the whole cell as hidden
-    if hidden and (line is None or line > hidden[0][0]):
+    if all_hidden or (hidden and (line is None or line > hidden[0][0])):
         by = " raised by your code" if getattr(err, "labkit_from_submission", False) else ""
         return f"{type(err).__name__}{by} in a hidden test (message not shown)"
     return error_text(err)
 
 
-def _has_hidden(source: str) -> bool:
+def _split_hidden(source: str) -> tuple[str, str] | None:
+    """A graded cell as (its visible part, the rest from its first hidden test on), or None
+    when it has no hidden test. The rest keeps its line numbers; a cell whose parts do not
+    compile alone (a hidden test inside a block) is all hidden: ``("", source)``."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
     try:
-        return bool(_regions(source, "hidden"))
+        regions = _regions(source, "hidden")
     except ValueError:
-        return True
+        return "", source
+    if not regions:
+        return None
+    lines = source.splitlines(keepends=True)
+    start = regions[0][0]
+    visible, rest = "".join(lines[:start]), "#\n" * start + "".join(lines[start:])
+    try:
+        for part in (visible, rest):
+            compile(TransformerManager().transform_cell(part), "<cell>", "exec")
+    except SyntaxError:
+        return "", source
+    return visible, rest
 
 
 def _run_here(source: str, ns: dict[str, Any], index: int) -> None:
@@ -173,22 +189,6 @@ class _Lockstep:
             if rebind and c["role"] == "solution":
                 self.bind(c, ns)
 
-    def isolated(self, source: str, ns: dict[str, Any], index: int) -> None:
-        """Run a graded cell with hidden tests against a fork of the student's process.
-
-        The fork ends with the cell, so what the student's code saw of the hidden inputs is gone
-        before any later test, whose messages reach feedback, calls into it again.
-        """
-        self.conn.request(("fork",))
-        try:
-            _run_here(source, ns, index)
-        finally:
-            if not self.conn.broken:
-                try:
-                    self.conn.request(("join",))
-                except Exception:  # noqa: BLE001, S110 - broken now: restarted before the next cell
-                    pass
-
     def bind(self, cell: dict[str, Any], ns: dict[str, Any]) -> None:
         imports, names = bound_names(cell["source"])
         for statement in imports:
@@ -201,6 +201,66 @@ class _Lockstep:
                 self.errors.setdefault(cell["index"], f"{name}: {error_text(err)}")
 
 
+class _Hidden:
+    """Hidden tests call the student's code in a second student process of their own.
+
+    A hidden test hands the student's functions its inputs. Had the process that serves every
+    other test seen them, the student's code could keep them (in memory, in its ``/tmp``) and
+    show them in a later visible test's message, which feedback prints. So the hidden part of
+    a graded cell runs with the student's objects it names taken from a second sandbox, which
+    runs the same cells in lock-step and whose answers reach feedback only as an exception's
+    type; meanwhile the first process refuses every request, and outside hidden tests the
+    second one does. It starts at the first hidden test that calls the student's code, and is
+    restarted (replayed) like the first when a call runs past the limit.
+    """
+
+    def __init__(self, job: dict[str, Any], visible: _Lockstep) -> None:
+        self.side, self.visible = _Lockstep(job), visible
+        self.side.deadline = visible.deadline
+        self.ns: dict[str, Any] = {}  # the names solution cells bind, from the second process
+
+    def run(self, code: str, ns: dict[str, Any], index: int) -> None:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        tree = ast.parse(TransformerManager().transform_cell(code))
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        swap = sorted(k for k in used if isinstance(ns.get(k), Remote))
+        if swap:
+            self._catch_up(index)
+        saved = {k: ns[k] for k in swap}
+        for k in swap:
+            if k in self.ns:
+                ns[k] = self.ns[k]
+            else:  # the second process has no such name: the test fails as it would
+                ns.pop(k)
+        self.visible.conn.sealed = _SEALED_VISIBLE
+        if self.side.conn is not None:
+            self.side.conn.sealed = None
+        try:
+            _run_here(code, ns, index)
+        finally:
+            self.visible.conn.sealed = None
+            if self.side.conn is not None:
+                self.side.conn.sealed = _SEALED_HIDDEN
+            for k, v in saved.items():
+                ns[k] = v
+
+    def _catch_up(self, index: int) -> None:
+        if self.side.conn is None:
+            self.side.start()
+        elif self.side.conn.broken:
+            self.side.restart("a call ran past the cell limit or ended the process", self.ns, index)
+        self.side.catch_up(index, self.ns, rebind=True)
+
+    def close(self) -> None:
+        if self.side.conn is not None:
+            self.side.conn.close()
+
+
+_SEALED_VISIBLE = "a hidden test used an object of the student's from outside the hidden tests"
+_SEALED_HIDDEN = "an object of the student's from a hidden test used outside the hidden tests"
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Grade one notebook as the job describes; the result dict (see the module docstring)."""
     start = time.monotonic()
@@ -209,6 +269,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     tests: dict[str, list[str]] = {}
     cells_failed: dict[str, str] = {}
     side = _Lockstep(job)
+    hidden = _Hidden(job, side)
     deadline = side.deadline
     late = f"the notebook ran past {job['deadline']:g} s"
     try:
@@ -230,11 +291,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         if role == "solution":
             side.bind(c, ns)
             continue
+        parts = _split_hidden(c["source"]) if role == "graded" else None
+        in_hidden = False
         try:
-            if role == "graded" and _has_hidden(c["source"]):
-                side.isolated(c["source"], ns, i)
-            else:
+            if parts is None:
                 _run_here(c["source"], ns, i)
+            else:
+                _run_here(parts[0], ns, i)
+                in_hidden = True
+                hidden.run(parts[1], ns, i)
             if role == "graded":
                 tests[c["grade_id"]] = ["passed", ""]
         except RemoteTimeout as err:
@@ -247,15 +312,17 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             if isinstance(err, KeyboardInterrupt):
                 raise
             if role == "graded":
-                tests[c["grade_id"]] = ["failed", _test_message(err, c["source"], i)]
+                tests[c["grade_id"]] = ["failed", _test_message(err, c["source"], i, in_hidden)]
             else:
                 cells_failed[str(i)] = error_text(err)
     side.conn.close()
+    hidden.close()
     solutions = {
         c["grade_id"]: side.errors.get(c["index"]) for c in job["cells"] if c["role"] == "solution"
     }
     return {"tests": tests, "solutions": solutions, "cells": cells_failed,
-            "restarts": side.restarts, "seconds": time.monotonic() - start}  # fmt: skip
+            "restarts": side.restarts + [f"hidden tests: {r}" for r in hidden.side.restarts],
+            "seconds": time.monotonic() - start}  # fmt: skip
 
 
 def main() -> None:

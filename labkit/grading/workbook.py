@@ -19,9 +19,12 @@ import nbformat
 from nbformat import NotebookNode
 
 from labkit.grading.source import (
+    STUB,
+    WORKED,
     NotebookInfo,
     cell_role,
     clean_copy,
+    is_worked_solution,
     normalized,
     read_notebook,
     remove_hidden_tests,
@@ -47,7 +50,8 @@ def release_notebook(nb: NotebookNode, name: str = "notebook") -> NotebookNode:
     """The student workbook of a course notebook (a new notebook; ``nb`` is left as is).
 
     Solution regions become ``# YOUR CODE HERE`` + ``raise NotImplementedError()`` at the marker's
-    indentation, hidden tests are removed, outputs and execution counts cleared; narrative,
+    indentation (in a worked-solution cell, tagged ``explanation``: a note and ``pass``), hidden
+    tests are removed, outputs and execution counts cleared; narrative,
     non-exercise code, cell ids and metadata stay. Raises NotebookError (one line) on bad markers.
 
     Example: ``workbook = release_notebook(read_notebook(path), path.name)``
@@ -57,7 +61,8 @@ def release_notebook(nb: NotebookNode, name: str = "notebook") -> NotebookNode:
     for cell in out.cells:
         role = cell_role(cell)
         if role == "solution":
-            cell.source = replace_solutions(cell.source)
+            worked = is_worked_solution(cell)
+            cell.source = replace_solutions(cell.source, WORKED if worked else STUB)
         elif role == "graded":
             cell.source = remove_hidden_tests(cell.source)
     return out
