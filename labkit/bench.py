@@ -32,6 +32,7 @@ __all__ = [
     "claim",
     "claims",
     "course_notebooks",
+    "is_exam",
     "run_notebook",
     "run",
     "render_table",
@@ -89,9 +90,25 @@ def claims() -> list[dict]:
 # --------------------------------------------------------------------------- running notebooks
 
 
-def course_notebooks(folder: str | os.PathLike = ROOT / "notebooks") -> list[Path]:
-    """The course notebooks ``NN_topic.ipynb`` in ``folder``, in course order."""
-    return sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
+def is_exam(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an exam, ``NN_*_exam.ipynb`` (``98_practice_exam``, ``99_final_exam``).
+
+    An exam is graded like every course notebook but measures nothing new: it claims no headline
+    figure, so the bench and its README table leave it out. Example: ``is_exam("99_final_exam")``
+    """
+    return Path(path).stem.endswith("_exam")
+
+
+def course_notebooks(
+    folder: str | os.PathLike = ROOT / "notebooks", exams: bool = False
+) -> list[Path]:
+    """The course notebooks ``NN_topic.ipynb`` in ``folder``, in course order.
+
+    Without ``exams`` the exams (:func:`is_exam`) are left out: the notebooks the bench runs.
+    Example: ``[p.stem for p in course_notebooks(exams=True)][-1]  # '99_final_exam'``
+    """
+    paths = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
+    return paths if exams else [p for p in paths if not is_exam(p)]
 
 
 def run_notebook(

@@ -225,6 +225,17 @@ def test_every_course_notebook_claims_headline_figures(path):
     assert not any(s.startswith("# NBVAL_CHECK_OUTPUT") and "bench.claim(" in s for s in code)
 
 
+def test_the_exams_claim_nothing_and_the_bench_leaves_them_out():
+    everything = bench.course_notebooks(exams=True)
+    exams = [p for p in everything if bench.is_exam(p)]
+    assert [p.stem for p in exams] == ["98_practice_exam", "99_final_exam"]
+    assert bench.course_notebooks() == [p for p in everything if p not in exams]
+    for path in exams:  # an exam measures nothing: no headline figure to leave out
+        code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        assert not any("bench.claim(" in s for s in code), path.name
+    assert not bench.is_exam("08_capstone.ipynb") and bench.is_exam(Path("x/99_final_exam.ipynb"))
+
+
 @pytest.mark.slow
 def test_cli_partial_run_reports_and_writes_nothing(tmp_path, capsys, monkeypatch):
     from labkit import cli

@@ -88,6 +88,13 @@ ALLOWED: dict[str, set[str]] = {
         "60 %",  # the cited range of a data centre's overhead (PUE 1.1 to 1.6)
         "94 %",  # the challenge's accuracy bar (experiments.CHALLENGE)
     },
+    "98_practice_exam": {
+        "75 minutes",  # the suggested time for the practice exam, a setting
+    },
+    "99_final_exam": {
+        "90 minutes",  # the exam's time limit, a setting (and the deadline it gives)
+        "100 %",  # the late penalty per day that makes the deadline a hard limit, a setting
+    },
 }
 
 
