@@ -53,7 +53,7 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(PY) -m ruff format labkit tests notebooks
 	$(PY) -m ruff check --fix labkit tests notebooks
-	$(VENV)/bin/nbstripout --extra-keys metadata.widgets notebooks/[0-9]*.ipynb
+	$(VENV)/bin/nbstripout --keep-id --extra-keys metadata.widgets notebooks/[0-9]*.ipynb
 
 unit: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) --dist loadfile tests

@@ -123,3 +123,7 @@ def test_pre_commit_config_parses_and_runs_tools_the_dev_extras_install():
     assert {h["id"] for h in hooks} >= {"nbstripout", "ruff-check", "ruff-format"}
     for hook in hooks:
         assert _normalise(hook["entry"].split()[0]) in dev, hook["entry"]
+    strip = next(h["entry"] for h in hooks if h["id"] == "nbstripout")
+    make = (ROOT / "Makefile").read_text()
+    for command in (strip, next(line for line in make.splitlines() if "nbstripout" in line)):
+        assert "--keep-id" in command, f"cell ids are how grading matches cells: {command}"
