@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import math
 import os
+import time
 
 import pytest
 import torch
@@ -331,6 +332,46 @@ def test_latency_min_time_extends_repeats():
 def test_latency_bad_arguments_one_line(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must") as err:
         measure.latency(nn.Identity(), torch.randn(1), **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_scripted_workload_sleeps_its_script_and_counts_calls():
+    w = measure.ScriptedWorkload(steady_ms=(2.0, 30.0), first_ms=(60.0,))
+    assert [w.delay_ms(k) for k in range(6)] == [60.0, 2.0, 30.0, 2.0, 30.0, 2.0]
+    x = torch.randn(3, 2)
+    took = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        assert w(x) is x
+        took.append(1000 * (time.perf_counter() - t0))
+    assert int(w.calls) == 4 and "calls" in dict(w.named_buffers())
+    for k, ms in enumerate(took):  # never shorter than scripted; the order of the script shows
+        assert ms >= w.delay_ms(k) - 0.05, (k, ms)
+    assert took[0] > took[2] > took[1] and took[2] > took[3]
+
+
+def test_latency_of_a_scripted_workload_skips_warmup_and_takes_the_median():
+    """measure.latency on a known workload: warm-up hides the slow first calls, the median the
+    held-up ones (a mean would not)."""
+    w = measure.ScriptedWorkload(steady_ms=(3.0, 3.0, 3.0, 3.0, 150.0), first_ms=(150.0,) * 2)
+    result = measure.latency(w, torch.zeros(1), warmup=2, repeats=10)
+    assert int(w.calls) == 12
+    assert 3.0 <= result["median_ms"] < 20.0 < 32.4 <= result["mean_ms"]  # mean: (8·3 + 2·150)/10
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"steady_ms": ()}, "steady_ms"),
+        ({"steady_ms": (1.0, -1.0)}, "steady_ms"),
+        ({"steady_ms": 5.0}, "steady_ms"),
+        ({"first_ms": (float("nan"),)}, "first_ms"),
+        ({"first_ms": "slow"}, "first_ms"),
+    ],
+)
+def test_scripted_workload_bad_arguments_one_line(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must") as err:
+        measure.ScriptedWorkload(**kwargs)
     assert "\n" not in str(err.value)
 
 

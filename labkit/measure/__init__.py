@@ -11,6 +11,7 @@ Three rules the course keeps:
 * **Speed means latency measured in the same run against the best fp32 baseline.**
   :func:`compare_latency` interleaves variants so machine drift hits all of them equally, and
   :func:`best_fp32_baseline` picks NCHW or channels_last, whichever is faster here, for conv nets.
+  :class:`ScriptedWorkload` is a stand-in model with a known, scripted latency to test a timer on.
 
 Example:
     >>> import torch
@@ -47,6 +48,7 @@ from labkit.measure.size import (
     payload_bytes,
 )
 from labkit.measure.timing import (
+    ScriptedWorkload,
     best_fp32_baseline,
     compare_latency,
     latency,
@@ -70,6 +72,7 @@ __all__ = [
     "latency",
     "compare_latency",
     "best_fp32_baseline",
+    "ScriptedWorkload",
     "summary",
     "energy_estimate_j",
     "ENERGY_ASSUMPTIONS",

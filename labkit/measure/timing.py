@@ -1,4 +1,4 @@
-"""Latency: interleaved timing loop, same-run comparisons, best fp32 baseline, energy."""
+"""Latency: interleaved timing loop, same-run comparisons, best fp32 baseline, a test workload."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gc
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from labkit.measure.compute import Inputs, _as_args, _eval_mode
-from labkit.utils import check_choice, check_int, num_threads
+from labkit.utils import check_choice, check_int, check_number, num_threads
 
 # --------------------------------------------------------------------------- latency
 
@@ -228,3 +228,56 @@ def best_fp32_baseline(
     )
     best = min(results, key=lambda n: results[n]["median_ms"])
     return best, {**results[best], "layouts": {n: r["median_ms"] for n, r in results.items()}}
+
+
+# --------------------------------------------------------------------------- a workload to time
+
+
+class ScriptedWorkload(nn.Module):
+    """A stand-in model whose every call sleeps a scripted time: a known workload to test a timer.
+
+    Call ``k`` (counting from 0) sleeps ``first_ms[k]`` milliseconds for the first
+    ``len(first_ms)`` calls (the one-time costs warm-up absorbs), then cycles through
+    ``steady_ms`` (``(5, 5, 5, 5, 200)``: every fifth call is held up, as by another program on a
+    shared core). The input is returned unchanged. The buffer ``calls`` counts the calls made, so
+    it travels with the module; :meth:`delay_ms` tells the scripted time of any call. A call
+    lasts at least its scripted time (``time.sleep`` never returns early) and on a busy machine a
+    little longer.
+
+    Example:
+        >>> w = ScriptedWorkload(steady_ms=(1.0, 3.0), first_ms=(10.0,))
+        >>> [w.delay_ms(k) for k in range(5)]
+        [10.0, 1.0, 3.0, 1.0, 3.0]
+        >>> w(torch.ones(2)).tolist(), int(w.calls)
+        ([1.0, 1.0], 1)
+    """
+
+    calls: Tensor
+
+    def __init__(self, steady_ms: Sequence[float] = (1.0,), first_ms: Sequence[float] = ()):
+        super().__init__()
+        if isinstance(steady_ms, (str, bytes)) or not isinstance(steady_ms, Sequence):
+            raise ValueError(
+                f"steady_ms must be a sequence of milliseconds >= 0; got {steady_ms!r}"
+            )
+        if not steady_ms:
+            raise ValueError("steady_ms must hold at least one delay (milliseconds >= 0); got ()")
+        if isinstance(first_ms, (str, bytes)) or not isinstance(first_ms, Sequence):
+            raise ValueError(f"first_ms must be a sequence of milliseconds >= 0; got {first_ms!r}")
+        self.steady_ms = tuple(check_number("steady_ms", v, minimum=0) for v in steady_ms)
+        self.first_ms = tuple(check_number("first_ms", v, minimum=0) for v in first_ms)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def delay_ms(self, k: int) -> float:
+        """The scripted duration of call ``k`` (0-based) in milliseconds."""
+        k = check_int("k", k, minimum=0)
+        if k < len(self.first_ms):
+            return self.first_ms[k]
+        return self.steady_ms[(k - len(self.first_ms)) % len(self.steady_ms)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Sleep the next call's scripted time, count the call, return ``x``."""
+        time.sleep(self.delay_ms(int(self.calls)) / 1000)
+        with torch.no_grad():
+            self.calls += 1
+        return x
