@@ -357,7 +357,7 @@ def test_memory_backed_folders_cannot_fill_the_machines_memory():
     assert wrote["/dev"] == 0, wrote
 
 
-def test_a_failure_in_or_after_a_hidden_test_shows_no_message():
+def test_a_failure_in_a_hidden_test_shows_only_the_tests_own_words():
     """An assertion's message may show the student's answer, which can echo the hidden inputs."""
     from labkit.grading.verdict import _run_here, _test_message
 
@@ -367,8 +367,9 @@ def test_a_failure_in_or_after_a_hidden_test_shows_no_message():
         "assert out == [], f'got {out}'\n### END HIDDEN TESTS\n"
     )
     visible = source.replace("[1, 2], f'", "[], f'", 1)
+    hint = source.replace("f'got {out}'", "'a hint, written in the test'")
     messages = []
-    for code in (visible, source):
+    for code in (visible, source, hint):
         try:
             _run_here(code, {"echo": lambda xs: xs}, 7)
         except AssertionError as err:
@@ -376,3 +377,4 @@ def test_a_failure_in_or_after_a_hidden_test_shows_no_message():
     assert messages[0] == "AssertionError: visible: got [1, 2]"
     assert messages[1] == "AssertionError in a hidden test (message not shown)"
     assert "7919" not in messages[1]
+    assert messages[2] == "AssertionError: a hint, written in the test"

@@ -72,9 +72,10 @@ def bound_names(source: str) -> tuple[list[str], list[str]]:
 
 def _test_message(err: BaseException, source: str, index: int, all_hidden: bool = False) -> str:
     """What feedback says of a failed test: the error, except for a failure from the first
-    hidden test of the cell on: then its type only. Its message could carry the hidden inputs
-    out: in what the student's code raised, or in the answer an assertion's message shows (the
-    student's function can return its inputs)."""
+    hidden test of the cell on: then its type only, or the failed ``assert``'s message when the
+    source spells it as a plain string. Any other message could carry the hidden inputs out: in
+    what the student's code raised, or in the answer an f-string shows (the student's function
+    can return its inputs)."""
     line, tb = None, err.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code.co_filename == f"<cell {index}>":
@@ -85,9 +86,28 @@ def _test_message(err: BaseException, source: str, index: int, all_hidden: bool 
     except ValueError:
         hidden = [(-1, -1)]  # malformed markers: treat the whole cell as hidden
     if all_hidden or (hidden and (line is None or line > hidden[0][0])):
-        by = " raised by your code" if getattr(err, "labkit_from_submission", False) else ""
-        return f"{type(err).__name__}{by} in a hidden test (message not shown)"
+        by = getattr(err, "labkit_from_submission", False)
+        hint = None if by or line is None else _static_message(source, line)
+        if hint is not None:  # the test's own words, written in the source: no student data
+            return f"{type(err).__name__}: {hint}"[:200]
+        by_text = " raised by your code" if by else ""
+        return f"{type(err).__name__}{by_text} in a hidden test (message not shown)"
     return error_text(err)
+
+
+def _static_message(source: str, line: int) -> str | None:
+    """The message of the ``assert`` on 0-based ``line`` when it is a plain string literal."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assert) and node.lineno == line + 1:
+            msg = node.msg
+            if isinstance(msg, ast.Constant) and isinstance(msg.value, str):
+                return msg.value
+            return None
+    return None
 
 
 def _split_hidden(source: str) -> tuple[str, str] | None:
