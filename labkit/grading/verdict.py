@@ -266,6 +266,8 @@ class _Hidden:
                 ns[k] = v
 
     def _catch_up(self, index: int) -> None:
+        if self.side.conn is not None:
+            self.side.conn.sealed = None
         if self.side.conn is None:
             self.side.start()
         elif self.side.conn.broken:
