@@ -10,7 +10,7 @@ in a subprocess, for ``labkit check``), ``submission`` (grade one), ``verdict`` 
 process: course code and the tests), ``student`` (the student's process: their code),
 ``sandbox`` (bubblewrap and limits), ``remote`` and ``wire`` (requests out, plain data back),
 ``gradebook`` (many, CSV, feedback), ``check`` (student check, :func:`verify_notebook`),
-``scan`` (tamper flags), ``commands`` (argparse).
+``scan`` (tamper flags), ``scoring`` (scored cells: :func:`score`), ``commands`` (argparse).
 Importing this package is cheap: the functions below load their module on first use.
 
 Example:
@@ -40,6 +40,7 @@ _EXPORTS = {
     "validate_source": "source",
     "read_notebook": "source",
     "NotebookError": "source",
+    "score": "scoring",
     "run_nbval": "execute",
 }
 

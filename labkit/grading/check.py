@@ -102,8 +102,9 @@ def verify_notebook(
 
     Grades the course notebook as a submission (every graded cell must pass: the source earns
     full points) and its released workbook (every graded cell must fail: the workbook earns 0,
-    so no test is vacuous), exactly as ``labkit grade`` would, and checks that no course cell
-    fails in either run (so later cells do not depend on an unsolved exercise). ``sandbox``
+    so no test is vacuous; a scored cell must earn all its points, then 0), exactly as
+    ``labkit grade`` would, and checks that no course cell fails in either run (so later cells
+    do not depend on an unsolved exercise). ``sandbox``
     defaults to whether bubblewrap is available (the notebook is the instructor's own).
 
     Returns {'notebook', 'ok', 'max_points', 'source_points', 'released_points', 'problems',
@@ -160,11 +161,18 @@ def verify_notebook(
             report["problems"].append(
                 f"graded cell {gid} fails with the solution{hint}: {test.message}"
             )
+        elif test.earned < test.points:  # a scored cell: the solution must earn full points
+            report["problems"].append(
+                f"graded cell {gid} earns {test.earned:g} of {test.points:g} points with the "
+                "solution: a scored cell must give the solution full points"
+            )
     for gid, test in unsolved.tests.items():
         report["released_points"] += test.earned
-        if test.status == "passed":
+        if test.status == "passed" and (not test.scored or test.earned > 0):
             report["problems"].append(
                 f"graded cell {gid} passes without its solution: the test is vacuous"
+                if not test.scored
+                else f"graded cell {gid} earns {test.earned:g} points without its solution"
             )
     report["ok"] = not report["problems"]
     return report

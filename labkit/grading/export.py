@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from labkit.grading.scoring import format_points
 from labkit.grading.submission import Row, SourceNotebook
 
 __all__ = ["LatePolicy", "read_deadlines", "read_submitted", "totals_csv"]
@@ -109,7 +110,10 @@ class LatePolicy:
 
 
 def totals_csv(rows: list[Row], sources: list[SourceNotebook]) -> str:
-    """Per-student totals: student, one score column per notebook (after penalty), total, max."""
+    """Per-student totals: student, one score column per notebook (after penalty), total, max.
+
+    Scores are summed exactly and written rounded to 2 decimals (scored cells earn fractions).
+    """
     names = [s.name for s in sources]
     maxima = {s.name: s.info.max_points for s in sources}
     students: dict[str, dict[str, float]] = {}
@@ -121,6 +125,11 @@ def totals_csv(rows: list[Row], sources: list[SourceNotebook]) -> str:
     for student in sorted(students):
         scores = [students[student].get(n, 0.0) for n in names]
         writer.writerow(
-            [student, *(f"{s:g}" for s in scores), f"{sum(scores):g}", f"{sum(maxima.values()):g}"]
+            [
+                student,
+                *(format_points(s) for s in scores),
+                format_points(sum(scores)),
+                format_points(sum(maxima.values())),
+            ]
         )
     return buf.getvalue()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from labkit.grading import sandbox as _sandbox
 from labkit.grading.export import LatePolicy, totals_csv
+from labkit.grading.scoring import format_points
 from labkit.grading.source import NotebookError, nbgrader_meta, read_notebook, without_surrogates
 from labkit.grading.submission import (
     Row,
@@ -32,7 +33,15 @@ from labkit.grading.submission import (
 )
 from labkit.utils import atomic_write_bytes, check_int, sha256_file
 
-__all__ = ["Task", "find_submissions", "grade", "grade_task", "gradebook_csv", "feedback_markdown"]
+__all__ = [
+    "Task",
+    "find_submissions",
+    "grade",
+    "grade_task",
+    "gradebook_csv",
+    "leaderboard_csv",
+    "feedback_markdown",
+]
 
 LINKED = "submission is a symbolic link: not graded"
 
@@ -137,8 +146,7 @@ def find_submissions(paths: list[str | os.PathLike], sources: list[SourceNoteboo
     return tasks
 
 
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:.3g}"
+_fmt = format_points  # 2 decimals, no trailing zeros
 
 
 def _columns(sources: list[SourceNotebook]) -> list[tuple[str, str, str]]:
@@ -183,6 +191,61 @@ def gradebook_csv(rows: list[Row], sources: list[SourceNotebook]) -> str:
     return buf.getvalue()
 
 
+def _scored_cells(rows: list[Row]) -> list[tuple[str, str]]:
+    """(notebook, grade_id) of every graded cell that recorded metrics in some row, in order."""
+    cells: dict[tuple[str, str], None] = {}
+    for row in rows:
+        for gid, test in row.tests.items():
+            if test.metrics:
+                cells[(row.notebook, gid)] = None
+    return sorted(cells)
+
+
+def leaderboard_csv(rows: list[Row]) -> str | None:
+    """The leaderboard as CSV text, or None when no graded cell recorded metrics.
+
+    One row per submission per scored cell (a graded cell that called
+    :func:`labkit.grading.scoring.score` in some submission): ``rank, student, notebook,
+    grade_id``, one column per metric, ``points, max, status, error``; best first by points within
+    each cell (ties share a rank, then by name). A submission whose cell failed, or that was not
+    graded, has no metrics and says why under ``error``. Points are the cell's own, before any late
+    penalty.
+    """
+    cells = _scored_cells(rows)
+    if not cells:
+        return None
+    names: dict[str, None] = {}
+    for row in rows:
+        for test in row.tests.values():
+            names.update(dict.fromkeys(test.metrics))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["rank", "student", "notebook", "grade_id", *names, "points", "max",
+                     "status", "error"])  # fmt: skip
+    for notebook, gid in cells:
+        entries = []
+        for row in rows:
+            if row.notebook != notebook:
+                continue
+            test = row.tests.get(gid)
+            earned, points = (test.earned, test.points) if test else (0.0, 0.0)
+            status = test.status if test else row.status
+            error = "" if status == "passed" else (test.message if test else row.reason)
+            if row.status != "ok" and not error:
+                error = row.reason
+            metrics = test.metrics if test else {}
+            entries.append((earned, row.submission, points, status, error, metrics))
+        entries.sort(key=lambda e: (-round(e[0], 9), e[1]))
+        rank, previous = 0, None
+        for k, (earned, student, points, status, error, metrics) in enumerate(entries, 1):
+            if previous is None or round(earned, 9) != previous:
+                rank, previous = k, round(earned, 9)
+            cells_out = [metrics.get(n, "") for n in names]
+            writer.writerow([rank, student, notebook, gid, *cells_out, _fmt(earned), _fmt(points),
+                             status, " ".join(error.split())[:300]])  # fmt: skip
+    return buf.getvalue()
+
+
 def _hidden_code(source: SourceNotebook) -> set[str]:
     """The lines of the source's hidden tests (in a graded cell, not in the released one)."""
     hidden: set[str] = set()
@@ -190,6 +253,13 @@ def _hidden_code(source: SourceNotebook) -> set[str]:
         shown = {line.strip() for line in source.workbook.cells[index].source.splitlines()}
         hidden |= {line.strip() for line in source.nb.cells[index].source.splitlines()} - shown
     return {line for line in hidden if len(line) > 3 and "HIDDEN TESTS" not in line}
+
+
+def _metrics_text(metrics: dict) -> str:
+    """``acc 0.9512, bytes 7749``: a scored cell's metrics for the feedback table."""
+    return ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+    )
 
 
 def feedback_markdown(row: Row, *, source: SourceNotebook | None = None) -> str:
@@ -216,7 +286,9 @@ def feedback_markdown(row: Row, *, source: SourceNotebook | None = None) -> str:
         "|---|---|---|",
     ]
     lines += [
-        f"| {t.grade_id} | {_fmt(t.earned)} / {_fmt(t.points)} | {t.status} |"
+        f"| {t.grade_id} | {_fmt(t.earned)} / {_fmt(t.points)} | {t.status}"
+        + (f" ({_metrics_text(t.metrics)})" if t.metrics else "")
+        + " |"
         for t in row.tests.values()
     ]
     failed = [t for t in row.tests.values() if t.status not in ("passed", row.status)]
@@ -303,9 +375,17 @@ def _results(tasks: list[Task], options: dict, late: LatePolicy | None, jobs: in
             raise
 
 
+def _leaderboard_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}-leaderboard.csv")
+
+
 def _save(row: Row, rows: list[Row], srcs: list[SourceNotebook], out: Path, fb_dir: Path) -> None:
-    """Rewrite the gradebook with every row so far (atomically) and write this row's feedback."""
+    """Rewrite the gradebook (and the leaderboard, once a cell recorded metrics) with every row so
+    far (atomically) and write this row's feedback."""
     atomic_write_bytes(out, _encoded(gradebook_csv(rows, srcs)))
+    board = leaderboard_csv(rows)
+    if board is not None:
+        atomic_write_bytes(_leaderboard_path(out), _encoded(board))
     source = next((s for s in srcs if s.name == row.notebook), None)
     path = fb_dir / _safe(row.submission) / f"{_safe(Path(row.notebook).stem, 'notebook')}.md"
     try:
@@ -353,7 +433,9 @@ def grade(
     heap); ``sandbox=False`` runs it with your user's rights, and without bubblewrap
     grading refuses unless told so. ``late`` (:class:`~labkit.grading.export.LatePolicy`) takes
     its penalty off late notebooks' ``score``; per-student totals for an LMS go to
-    ``<output stem>-totals.csv`` next to the gradebook. With ``scheduler`` (a dask scheduler's
+    ``<output stem>-totals.csv`` next to the gradebook, and, when a graded cell recorded metrics
+    (:func:`labkit.grading.score`), the leaderboard (:func:`leaderboard_csv`) to
+    ``<output stem>-leaderboard.csv``. With ``scheduler`` (a dask scheduler's
     address, ``tcp://host:8786``) the notebooks are graded by that cluster's workers instead of
     ``jobs`` threads here; the workers need this labkit and the same paths to the files.
 

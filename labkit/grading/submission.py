@@ -77,13 +77,19 @@ class SourceNotebook:
 
 @dataclass
 class TestResult:
-    """One graded test cell: points earned of ``points``, status (passed/failed/timeout/...)."""
+    """One graded test cell: points earned of ``points``, status (passed/failed/timeout/...).
+
+    A scored cell (:mod:`labkit.grading.scoring`) may earn a fraction of its points and carries
+    the ``metrics`` it recorded (empty otherwise); ``scored`` says its last expression was a number.
+    """
 
     grade_id: str
     points: float
     earned: float
     status: str
     message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    scored: bool = False
 
 
 @dataclass
@@ -291,7 +297,7 @@ def _job(nb: NotebookNode, source: SourceNotebook) -> list[dict[str, Any]]:
         if i in solutions and not is_worked_solution(source.nb.cells[i]):
             entry.update(role="solution", grade_id=solutions[i], student=cell.source)
         elif i in graded:
-            entry.update(role="graded", grade_id=graded[i])
+            entry.update(role="graded", grade_id=graded[i], points=source.info.graded[graded[i]][1])
         cells.append(entry)
     return cells
 
@@ -341,11 +347,17 @@ def _run(
     job = {"cells": _job(nb, source), "cell_timeout": cell_timeout, "deadline": timeout,
            "sandbox": sandbox, "memory_gb": memory_gb}  # fmt: skip
     result = run_verdict(job, timeout=timeout, env=env)
-    tests = result.get("tests", {})
+    tests, scores = result.get("tests", {}), result.get("scores", {})
     for grade_id, (_, points) in source.info.graded.items():
         status, message = tests.get(grade_id, ("not run", result.get("error", "not run")))
-        earned = points if status == "passed" else 0
-        row.tests[grade_id] = TestResult(grade_id, points, earned, status, message)
+        test = TestResult(grade_id, points, points if status == "passed" else 0, status, message)
+        scored = scores.get(grade_id) if status == "passed" else None
+        if scored:  # computed in the grader's process (verdict.py), clipped again here
+            test.metrics = dict(scored.get("metrics") or {})
+            if scored.get("earned") is not None:
+                test.earned = min(max(float(scored["earned"]), 0.0), float(points))
+                test.scored = True
+        row.tests[grade_id] = test
     for grade_id, error in result.get("solutions", {}).items():
         if error:
             row.notes.append(f"solution cell {grade_id} did not run cleanly: {error}")

@@ -11,9 +11,11 @@ sandboxed by :mod:`labkit.grading.sandbox`) and steps both through the notebook 
   student's functions and classes) as :class:`~labkit.grading.remote.Remote` objects whose calls
   return data again. Imports the course's solution cell makes are made here, by this process;
 - a graded cell (hidden tests included) runs only here; it passes when it runs without an
-  exception. The student's process never receives a test's code. The hidden part of a graded
-  cell calls the student's code in a second student process (:class:`_Hidden`), so the one
-  that serves the visible tests never sees a hidden input it could show in feedback later.
+  exception, and earns the number its last expression evaluates to, if it does (clipped to its
+  points; :mod:`labkit.grading.scoring`). The student's process never receives a test's code.
+  The hidden part of a graded cell calls the student's code in a second student process
+  (:class:`_Hidden`), so the one that serves the visible tests never sees a hidden input it
+  could show in feedback later.
 
 So no code of the student's ever runs in this process, and nothing the student's process does
 (exception hooks, input transformers, patched modules, objects whose ``==`` is always true,
@@ -21,8 +23,10 @@ forged files) can reach the verdict: it only ever sends data. A cell that runs p
 limit on the student's side gets its process killed and restarted, replayed up to where grading
 was with that cell left out; the tests after it are still graded.
 
-The result (JSON on stdout): ``{"tests": {grade_id: [status, message]}, "solutions": {grade_id:
-error or null}, "cells": {index: error}, "restarts": [...], "seconds": s}``.
+The result (JSON on stdout): ``{"tests": {grade_id: [status, message]}, "scores": {grade_id:
+{"earned": points or null, "metrics": {...}}}, "solutions": {grade_id: error or null}, "cells":
+{index: error}, "restarts": [...], "seconds": s}``; ``scores`` holds the passed graded cells that
+ended with a number or called :func:`labkit.grading.scoring.score`.
 
 Example:
     $ python -m labkit.grading.verdict < job.json > result.json   # what submission.py runs
@@ -37,7 +41,7 @@ import sys
 import time
 from typing import Any
 
-from labkit.grading import sandbox
+from labkit.grading import sandbox, scoring
 from labkit.grading.remote import Connection, Remote, RemoteGone, RemoteTimeout
 from labkit.grading.source import _regions
 from labkit.grading.student import error_text
@@ -133,11 +137,17 @@ def _split_hidden(source: str) -> tuple[str, str] | None:
     return visible, rest
 
 
-def _run_here(source: str, ns: dict[str, Any], index: int) -> None:
+def _run_here(source: str, ns: dict[str, Any], index: int) -> Any:
+    """Run a course cell here; the value of its last expression (None if it ends otherwise)."""
     from IPython.core.inputtransformer2 import TransformerManager
 
-    code = TransformerManager().transform_cell(source)
-    exec(compile(code, f"<cell {index}>", "exec"), ns)  # noqa: S102 - the course notebook's code
+    name = f"<cell {index}>"
+    tree = ast.parse(TransformerManager().transform_cell(source), name)
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, name, "exec"), ns)  # noqa: S102 - the course notebook's code
+    if last is None:
+        return None
+    return eval(compile(ast.Expression(last.value), name, "eval"), ns)  # noqa: S307 - same
 
 
 class _Lockstep:
@@ -239,7 +249,7 @@ class _Hidden:
         self.side.deadline = visible.deadline
         self.ns: dict[str, Any] = {}  # the names solution cells bind, from the second process
 
-    def run(self, code: str, ns: dict[str, Any], index: int) -> None:
+    def run(self, code: str, ns: dict[str, Any], index: int) -> Any:
         from IPython.core.inputtransformer2 import TransformerManager
 
         tree = ast.parse(TransformerManager().transform_cell(code))
@@ -257,7 +267,7 @@ class _Hidden:
         if self.side.conn is not None:
             self.side.conn.sealed = None
         try:
-            _run_here(code, ns, index)
+            return _run_here(code, ns, index)
         finally:
             self.visible.conn.sealed = None
             if self.side.conn is not None:
@@ -290,6 +300,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     ns: dict[str, Any] = {"__name__": "__main__"}
     tests: dict[str, list[str]] = {}
     cells_failed: dict[str, str] = {}
+    scores: dict[str, dict[str, Any]] = {}
     side = _Lockstep(job)
     hidden = _Hidden(job, side)
     deadline = side.deadline
@@ -316,14 +327,19 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         parts = _split_hidden(c["source"]) if role == "graded" else None
         in_hidden = False
         try:
+            scoring.take_metrics()  # nothing recorded before this cell counts for it
             if parts is None:
-                _run_here(c["source"], ns, i)
+                value = _run_here(c["source"], ns, i)
             else:
-                _run_here(parts[0], ns, i)
+                value = _run_here(parts[0], ns, i)
                 in_hidden = True
-                hidden.run(parts[1], ns, i)
+                value = hidden.run(parts[1], ns, i)  # the value of the cell's last expression
             if role == "graded":
                 tests[c["grade_id"]] = ["passed", ""]
+                earned = scoring.earned_points(value, c.get("points", 0))
+                metrics = scoring.take_metrics()
+                if earned is not None or metrics is not None:
+                    scores[c["grade_id"]] = {"earned": earned, "metrics": metrics or {}}
         except RemoteTimeout as err:
             status, message = "timeout", late if time.monotonic() >= deadline else str(err)
             if role == "graded":
@@ -342,7 +358,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     solutions = {
         c["grade_id"]: side.errors.get(c["index"]) for c in job["cells"] if c["role"] == "solution"
     }
-    return {"tests": tests, "solutions": solutions, "cells": cells_failed,
+    return {"tests": tests, "scores": scores, "solutions": solutions, "cells": cells_failed,
             "restarts": side.restarts + [f"hidden tests: {r}" for r in hidden.side.restarts],
             "seconds": time.monotonic() - start}  # fmt: skip
 
