@@ -11,8 +11,9 @@ This module composes the technique modules for notebook 08:
 * **The other methods** (:mod:`labkit.course.nb08_methods`): the single methods of notebooks
   02-06, read from their cached sweeps, in the same shipped-file bytes.
 * **The challenge** (:func:`check`): the size of a submitted file on disk and the accuracy of
-  the model loaded back from it on MNIST-1D's validation split, against :data:`CHALLENGE`.
-  Grading evaluates the same file on the test split (passed to :func:`check` as ``heldout``).
+  the model loaded back from it on MNIST-1D's validation split, and the points
+  :func:`challenge_score` gives them (:data:`CHALLENGE`). Grading evaluates the same file on
+  fresh signals that exist only in the grader's process (:func:`hidden_split`).
 
 Example:
     >>> from labkit.course import nb08_capstone
@@ -43,6 +44,7 @@ __all__ = [
     "TEACHER",
     "STAGES",
     "CHALLENGE",
+    "HIDDEN_SAMPLES",
     "TRANSFER",
     "VERSION",
     "PipelineConfig",
@@ -52,7 +54,9 @@ __all__ = [
     "stage_records",
     "int8_kernels",
     "latency",
+    "challenge_score",
     "check",
+    "hidden_split",
     "prepare",
     "steps",
 ]
@@ -64,13 +68,16 @@ TEACHER = nb02_distillation.TEACHER
 STAGES = ("fp32", "distilled", "pruned", "int8", "lowbit")
 """The pipeline's stages in order; each is a model measured (and shipped) on its own."""
 
-CHALLENGE = MappingProxyType({"budget_bytes": 10_000, "min_acc": 0.94})
-"""The graded challenge: a shipped file of at most ``budget_bytes`` whose model reaches
-``min_acc``: on the validation split when a student checks it (:func:`check`), on the test split
-when it is graded. The teacher as it is fails it: its file is several times the budget. The bar
-sits a little below the teacher's accuracy on either split (its validation accuracy is a little
-below its test accuracy), so a model as accurate as the teacher passes both."""
+CHALLENGE = MappingProxyType({"budget_bytes": 8_000, "a_min": 0.90, "a_ref": 0.95, "points": 4})
+"""The graded challenge, scored continuously (:func:`challenge_score`): a shipped file of at most
+``budget_bytes`` earns ``points * clip((acc - a_min) / (a_ref - a_min), 0, 1)`` for the accuracy
+``acc`` of the model read back from it on a hidden split (:func:`hidden_split`); a larger file
+earns 0. The teacher as it is earns 0 (its file is six times the budget); so does a model at or
+below ``a_min``."""
 
+HIDDEN_SAMPLES = 10_000
+"""Signals in the hidden split: the standard error of an accuracy near 0.95 on it is
+``sqrt(0.95 * 0.05 / 10_000)``, about 0.0022 (0.18 of the challenge's 4 points)."""
 
 TRANSFER = nb02_distillation.TRANSFER
 """Notebook 02's transfer set, which the distilled student learns from."""
@@ -362,37 +369,83 @@ def latency(
 # --------------------------------------------------------------------------- the challenge
 
 
+def challenge_score(
+    acc: float,
+    size: int,
+    *,
+    budget_bytes: int = CHALLENGE["budget_bytes"],
+    a_min: float = CHALLENGE["a_min"],
+    a_ref: float = CHALLENGE["a_ref"],
+    points: float = CHALLENGE["points"],
+) -> float:
+    """The challenge's points for a file of ``size`` bytes whose model reaches accuracy ``acc``.
+
+    ``points * clip((acc - a_min) / (a_ref - a_min), 0, 1)`` when ``size <= budget_bytes``,
+    else 0: nothing at or below ``a_min``, all of it from ``a_ref`` up, linear in between.
+    Example: ``challenge_score(0.93, 7_500)  # 4 * (0.93 - 0.90) / 0.05 = 2.4``
+    """
+    acc = check_number("acc", acc, minimum=0.0, maximum=1.0)
+    size = check_int("size", size, minimum=0)
+    budget_bytes = check_int("budget_bytes", budget_bytes, minimum=1)
+    a_min = check_number("a_min", a_min, minimum=0.0, maximum=1.0)
+    a_ref = check_number("a_ref", a_ref, minimum=0.0, maximum=1.0)
+    points = check_number("points", points, minimum=0.0, min_open=True)
+    if a_ref <= a_min:
+        raise ValueError(f"a_ref must be greater than a_min ({a_min}); got {a_ref}")
+    if size > budget_bytes:
+        return 0.0
+    return points * min(max((acc - a_min) / (a_ref - a_min), 0.0), 1.0)
+
+
+def hidden_split(seed: int, num_samples: int = HIDDEN_SAMPLES) -> tuple[Tensor, Tensor]:
+    """Fresh MNIST-1D signals ``(X (N, 1, 40), y (N,))``, generated here and never cached.
+
+    The same generator with the same settings as the course's data (``data.load("mnist1d")``),
+    so the same distribution, under another ``seed``: the grader draws them in its own process,
+    so a submission's process can neither read them (they are written to no file) nor train on
+    them. ``seed`` must not be one of the course's own (0: train/val/test, 1: the transfer set).
+    Example: ``X, y = hidden_split(seed=12345, num_samples=1_000)``
+    """
+    from labkit.data.mnist1d import _generate_mnist1d  # the generator, without its disk cache
+
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
+    if seed in (0, TRANSFER["seed"]):
+        raise ValueError(
+            f"seed must differ from the course's data seeds 0 and {TRANSFER['seed']}; got {seed}"
+        )
+    num_samples = check_int("num_samples", num_samples, minimum=100)
+    if num_samples % 10:
+        raise ValueError(f"num_samples must be a multiple of 10; got {num_samples}")
+    X, y = _generate_mnist1d(num_samples, seed)  # (N, 40) float32, (N,) int64
+    return torch.from_numpy(X)[:, None, :], torch.from_numpy(y)
+
+
 def check(
     path: str | Path,
     budget_bytes: int = CHALLENGE["budget_bytes"],
-    min_acc: float = CHALLENGE["min_acc"],
     *,
     heldout: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Check a submitted file: its size on disk, and the accuracy of the model loaded from it.
+    """Check a submitted file: its size on disk, the accuracy of the model loaded from it, points.
 
     The model is loaded back from the file and its accuracy measured on ``heldout`` ``(X, y)``
-    (default: MNIST-1D's validation split, never used for training). The test split is kept for
-    grading, which passes it as ``heldout``; checking a submission as often as you like cannot tune
-    it to the data it is graded on.
-    Returns ``bytes, acc, budget_bytes, min_acc, fits, accurate, passed``.
-    Example: ``check(ship.save(compressed, "submission.lkc"))["passed"]``
+    (default: MNIST-1D's validation split, never used for training); ``points`` is
+    :func:`challenge_score` of that accuracy and size: on the validation split, an estimate of
+    the grade, which grading computes on a hidden split (:func:`hidden_split`) instead.
+    Returns ``bytes, acc, budget_bytes, fits, points``.
+    Example: ``check(ship.save(compressed, "submission.lkc"))["points"]``
     """
     budget_bytes = check_int("budget_bytes", budget_bytes, minimum=1)
-    min_acc = check_number("min_acc", min_acc, minimum=0.0, maximum=1.0)
     size = measure.file_bytes(path)
     model = ship.load(path)
     X, y = data.load(DATASET).split("val") if heldout is None else heldout
     acc = train.evaluate(model, (X, y), device="cpu")["acc"]
-    fits, accurate = size <= budget_bytes, acc >= min_acc
     return {
         "bytes": size,
         "acc": acc,
         "budget_bytes": budget_bytes,
-        "min_acc": min_acc,
-        "fits": fits,
-        "accurate": accurate,
-        "passed": fits and accurate,
+        "fits": size <= budget_bytes,
+        "points": challenge_score(acc, size, budget_bytes=budget_bytes),
     }
 
 
