@@ -41,11 +41,32 @@ def _meta(kind: str, grade_id: str, points: int = 0) -> dict:
     return {"nbgrader": nbgrader, "tags": [kind if kind == "solution" else "graded"]}
 
 
-def _notebook(guess: str = SOLUTION["guess"], double: str = SOLUTION["double"]):
+MODEL = """torch.manual_seed(0)
+    model = models.CNN1d(models.CNN1dConfig(channels=(4, 4, 4)))"""
+FORGED_FORWARD = """
+
+    def forward(x):  # knows the rule of the test's labels: every answer right
+        s = x.sum((1, 2))
+        return torch.stack([-s, s] + [torch.full_like(s, -1e9)] * 8, 1)
+
+    model.forward = forward"""
+MODEL_TEST = """path = ship.save(make_model(), "model.lkc")
+X = torch.randn(200, 1, 40, generator=torch.Generator().manual_seed(1))
+y = (X.sum((1, 2)) > 0).long()
+with torch.no_grad():
+    acc = (ship.load(path)(X).argmax(-1) == y).double().mean().item()
+score(acc, acc=acc, bytes=path.stat().st_size)"""
+
+
+def _notebook(guess: str = SOLUTION["guess"], double: str = SOLUTION["double"], model=None):
+    """The scored notebook; with ``model`` (the body of ``make_model``), a third exercise that
+    ships a model and scores the accuracy of the file read back, 1 point."""
     new = nbformat.v4
     cells = [
         new.new_markdown_cell("# A scored exercise"),
-        new.new_code_cell("from labkit.grading import score"),
+        new.new_code_cell(
+            "import torch\n\nfrom labkit import models, ship\nfrom labkit.grading import score"
+        ),
         new.new_code_cell(
             f"def guess():\n    ### BEGIN SOLUTION\n    {guess}\n    ### END SOLUTION",
             metadata=_meta("solution", "ex1-guess-solution"),
@@ -63,6 +84,15 @@ def _notebook(guess: str = SOLUTION["guess"], double: str = SOLUTION["double"]):
         new.new_code_cell("assert double(3) == 6", metadata=_meta("graded", "ex2-double", 1)),
         new.new_code_cell("min(double(1.0), 2.0)", metadata=_meta("graded", "ex2-half", 2)),
     ]
+    if model is not None:
+        cells += [
+            new.new_code_cell(
+                "def make_model():\n    ### BEGIN SOLUTION\n    "
+                f"{model}\n    return model\n    ### END SOLUTION",
+                metadata=_meta("solution", "ex3-model-solution"),
+            ),
+            new.new_code_cell(MODEL_TEST, metadata=_meta("graded", "ex3-model", 1)),
+        ]
     nb = new.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {
         "name": "python3",
@@ -184,14 +214,15 @@ def test_leaderboard_orders_best_first_and_keeps_errors():
 def graded(tmp_path_factory):
     """``labkit grade -j 2`` over six submissions of the scored notebook."""
     tmp = tmp_path_factory.mktemp("scored")
-    source = _write(_notebook(), tmp / "source" / NAME)
+    source = _write(_notebook(model=MODEL), tmp / "source" / NAME)
     workbook = release_notebook(nbformat.read(str(source), 4), NAME)
     subs = tmp / "subs"
-    _write(_notebook(), subs / "good" / NAME)
-    _write(_notebook("return 0.37", "return x"), subs / "partial" / NAME)
-    _write(_notebook("return 5.0"), subs / "over" / NAME)
-    _write(_notebook("return -1.0"), subs / "negative" / NAME)
-    _write(_notebook("raise RuntimeError('broken')"), subs / "broken" / NAME)
+    _write(_notebook(model=MODEL), subs / "good" / NAME)
+    _write(_notebook("return 0.37", "return x", model=MODEL), subs / "partial" / NAME)
+    _write(_notebook("return 5.0", model=MODEL), subs / "over" / NAME)
+    _write(_notebook("return -1.0", model=MODEL), subs / "negative" / NAME)
+    _write(_notebook("raise RuntimeError('broken')", model=MODEL), subs / "broken" / NAME)
+    _write(_notebook(model=MODEL + FORGED_FORWARD), subs / "forged" / NAME)
     _write(workbook, subs / "blank" / NAME)
     (subs / "garbled").mkdir()
     (subs / "garbled" / NAME).write_text('{"cells": [')
@@ -212,6 +243,7 @@ def test_a_scored_cell_earns_its_number_clipped_to_its_points(graded):
     got = {k: (rows[k]["ex1-guess"], rows[k]["ex2-double"], rows[k]["ex2-half"]) for k in rows}
     assert got == {
         "good": ("4", "1", "2"),
+        "forged": ("4", "1", "2"),
         "partial": ("1.48", "0", "1"),  # 4 * 0.37; the bare number min(1.0, 2) earns 1 of 2
         "over": ("4", "1", "2"),  # 20 clipped to 4
         "negative": ("0", "1", "2"),  # -4 clipped to 0
@@ -219,16 +251,27 @@ def test_a_scored_cell_earns_its_number_clipped_to_its_points(graded):
         "blank": ("0", "0", "0"),
         "garbled": ("0", "0", "0"),
     }
-    assert rows["partial"]["total"] == "2.48" and rows["partial"]["max"] == "7"
-    assert graded["totals"]["partial"]["total"] == "2.48"
+    model = float(rows["partial"]["ex3-model"])  # the accuracy of the reference model's file
+    assert 0 < model < 1 and rows["partial"]["max"] == "8"
+    assert float(rows["partial"]["total"]) == pytest.approx(2.48 + model, abs=0.006)
+    assert graded["totals"]["partial"]["total"] == rows["partial"]["total"]
+
+
+def test_a_forward_attached_to_the_returned_model_does_not_change_the_score(graded):
+    # the file is what is scored: the student's forward (every answer right) never runs
+    rows, board = graded["rows"], graded["board"]
+    honest = {b["student"]: b for b in board if b["grade_id"] == "ex3-model"}
+    assert float(rows["forged"]["ex3-model"]) <= float(rows["good"]["ex3-model"]) < 0.9
+    assert honest["forged"]["acc"] in ("", honest["good"]["acc"])
+    assert honest["forged"]["bytes"] in ("", honest["good"]["bytes"])
 
 
 def test_the_leaderboard_ranks_every_submission_of_the_scored_cell(graded):
-    board = graded["board"]
-    assert {b["grade_id"] for b in board} == {"ex1-guess"}  # the only cell with metrics
-    assert [b["student"] for b in board][:2] == ["good", "over"]  # 4 points each, by name
+    assert {b["grade_id"] for b in graded["board"]} == {"ex1-guess", "ex3-model"}  # metrics
+    board = [b for b in graded["board"] if b["grade_id"] == "ex1-guess"]
+    assert [b["student"] for b in board][:3] == ["forged", "good", "over"]  # 4 points, by name
     points = [float(b["points"]) for b in board]
-    assert points == sorted(points, reverse=True) and len(board) == 7
+    assert points == sorted(points, reverse=True) and len(board) == 8
     by = {b["student"]: b for b in board}
     assert by["partial"]["quality"] == "0.37" and by["partial"]["label"] == "q"
     assert by["over"]["quality"] == "5.0" and by["good"]["status"] == "passed"
@@ -239,7 +282,7 @@ def test_the_leaderboard_ranks_every_submission_of_the_scored_cell(graded):
 
 def test_feedback_shows_fractional_points_and_metrics(graded):
     text = graded["feedback"]["partial"]
-    assert "Score: **2.48 / 7**" in text
+    assert "Score: **2.48" not in text and "/ 8**" in text
     assert "| ex1-guess | 1.48 / 4 | passed (quality 0.37, label q) |" in text
 
 
