@@ -86,7 +86,6 @@ ALLOWED: dict[str, set[str]] = {
         "100 %",  # a width setting of notebook 06's CNNs
         "90 %",  # the accuracy bar of the claim the checked cell tests, not a measurement
         "60 %",  # the cited range of a data centre's overhead (PUE 1.1 to 1.6)
-        "94 %",  # the challenge's accuracy bar (experiments.CHALLENGE)
     },
     "98_practice_exam": {
         "75 minutes",  # the suggested time for the practice exam, a setting

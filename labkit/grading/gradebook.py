@@ -483,6 +483,8 @@ def grade(
     if not rows:
         atomic_write_bytes(out, _encoded(gradebook_csv(rows, srcs)))
     atomic_write_bytes(out.with_name(f"{out.stem}-totals.csv"), _encoded(totals_csv(rows, srcs)))
+    if verbose and leaderboard_csv(rows) is not None:
+        print(f"leaderboard of the scored cells: {_leaderboard_path(out)}", file=sys.stderr)
     if verbose and rows:
         mean = sum(r.seconds for r in rows) / len(rows)
         print(
