@@ -406,7 +406,7 @@ def hidden_split(seed: int, num_samples: int = HIDDEN_SAMPLES) -> tuple[Tensor, 
     them. ``seed`` must not be one of the course's own (0: train/val/test, 1: the transfer set).
     Example: ``X, y = hidden_split(seed=12345, num_samples=1_000)``
     """
-    from labkit.data.mnist1d import _generate_mnist1d  # the generator, without its disk cache
+    from labkit.data.mnist1d import generate  # the generator, without its disk cache
 
     seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     if seed in (0, TRANSFER["seed"]):
@@ -416,7 +416,7 @@ def hidden_split(seed: int, num_samples: int = HIDDEN_SAMPLES) -> tuple[Tensor, 
     num_samples = check_int("num_samples", num_samples, minimum=100)
     if num_samples % 10:
         raise ValueError(f"num_samples must be a multiple of 10; got {num_samples}")
-    X, y = _generate_mnist1d(num_samples, seed)  # (N, 40) float32, (N,) int64
+    X, y = generate(num_samples, seed)  # (N, 40) float32, (N,) int64
     return torch.from_numpy(X)[:, None, :], torch.from_numpy(y)
 
 
