@@ -293,3 +293,12 @@ def test_verify_notebook_wants_full_points_from_a_scored_cell(tmp_path):
     weak = verify_notebook(_write(_notebook("return 0.5"), tmp_path / "weak" / NAME), timeout=120)
     assert not weak["ok"] and weak["source_points"] == 5
     assert any("ex1-guess earns 2 of 4 points with the solution" in p for p in weak["problems"])
+
+
+def test_labkit_check_runs_a_scored_cell_like_any_other(tmp_path):
+    # the student's own nbval run: the scored cell passes (points in full) or fails as usual
+    path = _write(_notebook("return 0.37"), tmp_path / NAME)
+    code, out, _ = _cli(["check", path, "--cell-timeout", "30"])
+    assert code == 0
+    lines = [line.split() for line in out.splitlines()]
+    assert ["ex1-guess", "4/4", "passed"] in lines and ["total", "7/7"] in lines
