@@ -73,7 +73,7 @@ def _notebook(guess: str = SOLUTION["guess"], double: str = SOLUTION["double"], 
         ),
         new.new_code_cell(
             "value = guess()\nassert isinstance(value, float), 'return a float'\n"
-            "### BEGIN HIDDEN TESTS\nscore(4 * value, quality=value, label='q')\n"
+            "### BEGIN HIDDEN TESTS\nscore(4 * guess(), quality=guess(), label='q')\n"
             "### END HIDDEN TESTS",
             metadata=_meta("graded", "ex1-guess", 4),
         ),
@@ -81,7 +81,11 @@ def _notebook(guess: str = SOLUTION["guess"], double: str = SOLUTION["double"], 
             f"def double(x):\n    ### BEGIN SOLUTION\n    {double}\n    ### END SOLUTION",
             metadata=_meta("solution", "ex2-double-solution"),
         ),
-        new.new_code_cell("assert double(3) == 6", metadata=_meta("graded", "ex2-double", 1)),
+        new.new_code_cell(  # a second hidden test calling the student's code, cells later
+            "assert double(3) == 6\n### BEGIN HIDDEN TESTS\nassert double(-2) == -4\n"
+            "### END HIDDEN TESTS",
+            metadata=_meta("graded", "ex2-double", 1),
+        ),
         new.new_code_cell("min(double(1.0), 2.0)", metadata=_meta("graded", "ex2-half", 2)),
     ]
     if model is not None:

@@ -282,7 +282,12 @@ class _Hidden:
             self.side.start()
         elif self.side.conn.broken:
             self.side.restart("a call ran past the cell limit or ended the process", self.ns, index)
-        self.side.catch_up(index, self.ns, rebind=True)
+        self.side.conn.sealed = None  # replaying its own cells is no use from outside
+        try:
+            self.side.catch_up(index, self.ns, rebind=True)
+        finally:
+            if self.side.conn is not None:
+                self.side.conn.sealed = _SEALED_HIDDEN
 
     def close(self) -> None:
         if self.side.conn is not None:
