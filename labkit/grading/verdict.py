@@ -239,9 +239,9 @@ class _Hidden:
     show them in a later visible test's message, which feedback prints. So the hidden part of
     a graded cell runs with the student's objects it names taken from a second sandbox, which
     runs the same cells in lock-step and whose answers reach feedback only as an exception's
-    type (see :func:`_test_message`); meanwhile the first process refuses every request, and outside hidden tests the
-    second one does. It starts at the first hidden test that calls the student's code, and is
-    restarted (replayed) like the first when a call runs past the limit.
+    type (see :func:`_test_message`); meanwhile the first process refuses every request, and
+    outside hidden tests the second one does. It starts at the first hidden test that calls the
+    student's code, and is restarted (replayed) like the first when a call runs past the limit.
     """
 
     def __init__(self, job: dict[str, Any], visible: _Lockstep) -> None:
