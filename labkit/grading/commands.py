@@ -36,6 +36,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of minutes >= 0; got {text!r}")
+    return value
+
+
 def _cmd_release(args: argparse.Namespace) -> int:
     from labkit.grading.check import verify_notebook
     from labkit.grading.workbook import expand_notebooks, release
@@ -86,15 +96,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_grade(args: argparse.Namespace) -> int:
-    from labkit.grading.export import LatePolicy, read_deadlines, read_submitted
+    from labkit.grading.export import LatePolicy, Submissions, read_deadlines, read_submissions
     from labkit.grading.gradebook import grade
 
     try:
         late = None
-        if args.deadlines:
-            submitted = read_submitted(args.submitted) if args.submitted else {}
-            late = LatePolicy(read_deadlines(args.deadlines), args.late_penalty, submitted)
-        grade(
+        subs = read_submissions(args.submitted) if args.submitted else Submissions({}, {})
+        if args.deadlines or subs.deadlines:
+            deadlines = read_deadlines(args.deadlines) if args.deadlines else {}
+            late = LatePolicy(deadlines, args.late_penalty, subs.submitted, subs.deadlines,
+                              args.grace)  # fmt: skip
+        rows = grade(
             args.submissions, args.source, args.output, jobs=args.jobs, late=late,
             scheduler=args.scheduler,
             cell_timeout=args.cell_timeout, timeout=args.timeout, manifest=args.manifest,
@@ -103,6 +115,12 @@ def _cmd_grade(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except (ValueError, OSError) as err:
         return _err("grade", err)
+    for submission, notebook in late.unused(rows) if late else []:
+        print(
+            f"labkit grade: warning: --submitted gives {submission} a deadline for {notebook}, "
+            "but no such submission was graded",
+            file=sys.stderr,
+        )
     print(f"gradebook written to {args.output}")
     return 0
 
@@ -163,11 +181,17 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--late-penalty", type=float, default=10.0, metavar="PCT",
-        help="percent of the score off per started day late (default 10)",
+        help="percent of the score off per started day late, a second late being one started "
+        "day (default 10; 100 for a timed exam)",
     )  # fmt: skip
     p.add_argument(
         "--submitted", type=Path, metavar="CSV",
-        help="submission times (submission,notebook,submitted_at); default: file times",
+        help="submission times (submission,notebook,submitted_at), optionally a deadline "
+        "column giving that submission its own deadline; default: file times",
+    )  # fmt: skip
+    p.add_argument(
+        "--grace", type=_minutes, default=0.0, metavar="MINUTES",
+        help="minutes after each deadline still counted on time (default 0)",
     )  # fmt: skip
     p.add_argument(
         "--no-sandbox", action="store_true",
