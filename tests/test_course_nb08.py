@@ -331,3 +331,61 @@ def test_plot_against_earlier_annotates_only_the_pipeline(monkeypatch):
     assert [t.get_text() for t in left.texts if t.get_text()] == ["int8"]
     assert left.get_ylim() == (0.5, 1.0) and right.get_ylim() == (0.8, 1.0)
     plt.close(fig)
+
+
+def _exercise_cells(grade_id: str) -> tuple[str, str]:
+    """The source of an exercise's solution cell and of its graded cell, hidden tests included."""
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "08_capstone.ipynb"
+    by_id = {
+        c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in read_notebook(path).cells
+    }
+    return by_id[f"{grade_id}-solution"], by_id[grade_id]
+
+
+def _co2_mistake(solution: str, *edits: tuple[str, str]) -> str:
+    for old, new in edits:
+        assert old in solution, f"the reference solution no longer contains {old!r}"
+        solution = solution.replace(old, new)
+    return solution
+
+
+def test_co2_exercise_grades_the_method_and_rejects_plausible_mistakes():
+    """Exercise 2 passes its own solution and fails the mistakes a student is likely to make."""
+    from labkit import measure
+
+    solution, graded = _exercise_cells("ex2-co2")
+    mistakes = {
+        "the mean of the timed calls": [("statistics.median(", "statistics.mean(")],
+        "the warm-up calls timed too": [
+            ("range(warmup)", "range(0)"),
+            ("range(repeats)", "range(warmup + repeats)"),
+        ],
+        "no warm-up calls": [("range(warmup)", "range(0)")],
+        "per batch, not per prediction": [("* 1000 / len(x)", "* 1000")],
+        "joules to Wh, not kWh": [("/ 3.6e6", "/ 3.6e3")],
+    }
+    for name, edits in {"the reference": [], **mistakes}.items():
+        namespace = {"torch": torch, "measure": measure}
+        exec(_co2_mistake(solution, *edits), namespace)
+        if not edits:
+            exec(graded, namespace)  # visible and hidden tests pass
+            continue
+        with pytest.raises(AssertionError):
+            exec(graded, namespace)
+            pytest.fail(f"exercise 2 accepts {name}")
+
+
+def test_co2_exercise_does_not_print_the_formula_before_it_is_solved():
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "08_capstone.ipynb"
+    cells = release_notebook(read_notebook(path), path.name).cells
+    start = next(i for i, c in enumerate(cells) if "## 5. Sustainability" in c.source)
+    stub = next(
+        i
+        for i, c in enumerate(cells)
+        if c.metadata.get("nbgrader", {}).get("grade_id") == "ex2-co2-solution"
+    )
+    before = "\n".join(c.source for c in cells[start : stub + 1])
+    for giveaway in ("3.6", "3600", "\\frac", "/ len(x)", "statistics.median"):
+        assert giveaway not in before, f"exercise 2's workbook shows {giveaway!r}"
+    after = "\n".join(c.source for c in cells[stub + 1 : stub + 4] if c.cell_type == "markdown")
+    assert "3.6 \\times 10^6" in after, "the formula is explained once the exercise is done"
