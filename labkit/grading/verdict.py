@@ -236,9 +236,10 @@ class _Hidden:
 
     A hidden test hands the student's functions its inputs. Had the process that serves every
     other test seen them, the student's code could keep them (in memory, in its ``/tmp``) and
-    show them in a later visible test's message, which feedback prints. So the hidden part of
-    a graded cell runs with the student's objects it names taken from a second sandbox, which
-    runs the same cells in lock-step and whose answers reach feedback only as an exception's
+    show them in a later visible test's message, which feedback prints. So in the hidden part
+    of a graded cell, the student's objects that solution cells bind (used there directly or by
+    a function the test defined) are those of a second sandbox, which runs the same cells in
+    lock-step and whose answers reach feedback only as an exception's
     type (see :func:`_test_message`); meanwhile the first process refuses every request, and
     outside hidden tests the second one does. It starts at the first hidden test that calls the
     student's code, and is restarted (replayed) like the first when a call runs past the limit.
@@ -250,19 +251,17 @@ class _Hidden:
         self.ns: dict[str, Any] = {}  # the names solution cells bind, from the second process
 
     def run(self, code: str, ns: dict[str, Any], index: int) -> Any:
-        from IPython.core.inputtransformer2 import TransformerManager
-
-        tree = ast.parse(TransformerManager().transform_cell(code))
-        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        swap = sorted(k for k in used if isinstance(ns.get(k), Remote))
-        if swap:
-            self._catch_up(index)
-        saved = {k: ns[k] for k in swap}
-        for k in swap:
-            if k in self.ns:
-                ns[k] = self.ns[k]
-            else:  # the second process has no such name: the test fails as it would
-                ns.pop(k)
+        """Run a cell's hidden part; the student's objects it (or a function it calls) uses
+        come from the second process, which catches up at the first use."""
+        names = {
+            name
+            for c in self.visible.cells
+            if c["role"] == "solution" and c["index"] < index
+            for name in bound_names(c["source"])[1]
+        }
+        saved = {k: ns[k] for k in names if isinstance(ns.get(k), Remote)}
+        for k in saved:
+            ns[k] = _Deferred(self, k, index)
         self.visible.conn.sealed = _SEALED_VISIBLE
         if self.side.conn is not None:
             self.side.conn.sealed = None
@@ -272,8 +271,14 @@ class _Hidden:
             self.visible.conn.sealed = None
             if self.side.conn is not None:
                 self.side.conn.sealed = _SEALED_HIDDEN
-            for k, v in saved.items():
-                ns[k] = v
+            ns.update(saved)
+
+    def resolve(self, name: str, index: int) -> Any:
+        """The second process's value of ``name``, caught up to cell ``index``."""
+        self._catch_up(index)
+        if name not in self.ns:
+            raise NameError(f"name {name!r} is not defined")
+        return self.ns[name]
 
     def _catch_up(self, index: int) -> None:
         if self.side.conn is None:
@@ -281,15 +286,50 @@ class _Hidden:
         elif self.side.conn.broken:
             self.side.restart("a call ran past the cell limit or ended the process", self.ns, index)
         self.side.conn.sealed = None  # replaying its own cells is no use from outside
-        try:
-            self.side.catch_up(index, self.ns, rebind=True)
-        finally:
-            if self.side.conn is not None:
-                self.side.conn.sealed = _SEALED_HIDDEN
+        self.side.catch_up(index, self.ns, rebind=True)
 
     def close(self) -> None:
         if self.side.conn is not None:
             self.side.conn.close()
+
+
+class _Deferred:
+    """Stands for a student's object in a hidden test; the second process's object at first use.
+
+    Like :class:`~labkit.grading.remote.Remote` it has no truth value; calls, attributes, items,
+    ``len`` and iteration go to the object it resolves to.
+    """
+
+    __slots__ = ("_hidden", "_name", "_index", "_target")
+
+    def __init__(self, hidden: _Hidden, name: str, index: int) -> None:
+        self._hidden, self._name, self._index, self._target = hidden, name, index, None
+
+    def _get(self) -> Any:
+        if self._target is None:
+            self._target = self._hidden.resolve(self._name, self._index)
+        return self._target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._get()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._get()[key]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self) -> Any:
+        return iter(self._get())
+
+    def __bool__(self) -> bool:
+        raise TypeError("an object of the student's has no truth value here: test what it returns")
+
+    def __repr__(self) -> str:
+        return f"<the student's {self._name} (hidden tests)>"
 
 
 _SEALED_VISIBLE = "a hidden test used an object of the student's from outside the hidden tests"
