@@ -73,7 +73,8 @@ def test_classifier_point_is_pytorchs_group_wise_fake_quantization(one_thread):
     mlp, ds = models.pretrained("mlp", "mnist1d"), data.load("mnist1d")
     point = nb05_lowbit.classifier_point("rtn", 4, 8)  # 8 divides every layer's inputs
     reference = train.evaluate(_fake_quantized(mlp, 4, 8), ds)["acc"]
-    assert abs(point["acc"] - reference) <= 2 / len(ds.y_test), (point["acc"], reference)
+    differ = round(abs(point["acc"] - reference) * len(ds.y_test))  # test signals, counted
+    assert differ <= 2, (point["acc"], reference)
     # packed bytes: 4-bit codes + a float16 scale and a 4-bit zero point per group of 8
     numel = sum(m.weight.numel() for m in mlp.modules() if isinstance(m, nn.Linear))
     assert point["weight_bytes"] == numel // 2 + (numel // 8) * 2 + numel // 8 // 2
